@@ -1,0 +1,1 @@
+"""On-device benchmarking over adb (depends on mvos.export and mvos.runtime)."""

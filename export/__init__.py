@@ -1,0 +1,1 @@
+"""TFLite subgraphs, conversion and parity verification (depends on mvos.runtime)."""

@@ -1,0 +1,1 @@
+"""Losses, data, teacher, trainer, model soups and evaluation (depends on mvos.runtime)."""
