@@ -1,0 +1,223 @@
+"""The stateful per-frame engine. `Segmenter` owns resizing, the memory of each object group and soft
+aggregation; a backend (PyTorch here, TFLite in `mvos.runtime.tflite`) only runs the three networks, so
+both backends share every line of the inference logic.
+
+Objects given in the same frame form a group with its own memory (the frame they were given in is that
+memory's reference slot), so objects may first appear in a later frame, as in YouTube-VOS.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mvos.runtime.errors import MvosError
+from mvos.runtime.memory import FixedQueueMemory, UnboundedMemory, make_memory
+from mvos.runtime.model import IMAGENET_MEAN, IMAGENET_STD, STRIDE, KeyFeatures, MobileVOS, soft_aggregate
+
+MAX_OBJECTS = 255
+
+
+class Backend(Protocol):
+    """What the engine needs from a network runner. Tensors are torch, batch 1 frame."""
+
+    name: str
+    fixed_size: tuple[int, int] | None  # (H, W) when the networks only take one input size
+
+    def encode_key(self, frame: torch.Tensor) -> KeyFeatures: ...  # 1,3,H,W
+
+    def encode_value(self, features: KeyFeatures, masks: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+        ...  # masks, others: N,1,H,W -> N,Cv,h,w
+
+    def decode(self, features: KeyFeatures, memory_keys: torch.Tensor, memory_values: torch.Tensor,
+               num_objects: int) -> torch.Tensor: ...  # T,Ck,h,w ; T,N*Cv,h,w -> logits N,1,H,W
+
+    def describe(self) -> dict: ...
+
+
+class TorchBackend:
+    name = "torch"
+    fixed_size = None
+
+    def __init__(self, model: MobileVOS):
+        self.model = model.eval()
+
+    def encode_key(self, frame: torch.Tensor) -> KeyFeatures:
+        return self.model.encode_key(frame)
+
+    def encode_value(self, features: KeyFeatures, masks: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_value(features.f16, masks, others)
+
+    def decode(self, features: KeyFeatures, memory_keys: torch.Tensor, memory_values: torch.Tensor,
+               num_objects: int) -> torch.Tensor:
+        keys = memory_keys.transpose(0, 1).reshape(1, memory_keys.shape[1], -1)  # 1,Ck,T*h*w
+        values = memory_values.transpose(0, 1).reshape(1, memory_values.shape[1], -1)  # 1,N*Cv,T*h*w
+        return self.model.segment(features, keys, values, num_objects)[0]
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "variant": self.model.variant,
+                "parameters": self.model.num_parameters(), "config": self.model.config.to_dict()}
+
+
+@dataclass
+class FrameGeometry:
+    """How a frame of `original` size maps to the network input: resize to `resized`, pad to `padded`."""
+
+    original: tuple[int, int]
+    resized: tuple[int, int]
+    padded: tuple[int, int]
+
+    @classmethod
+    def for_frame(cls, height: int, width: int, short_side: int | None,
+                  fixed_size: tuple[int, int] | None) -> "FrameGeometry":
+        if fixed_size is not None:  # fit inside the exported size, keeping the aspect ratio
+            scale = min(fixed_size[0] / height, fixed_size[1] / width)
+            resized = (min(fixed_size[0], round(height * scale)), min(fixed_size[1], round(width * scale)))
+            return cls((height, width), resized, fixed_size)
+        scale = 1.0 if short_side is None else short_side / min(height, width)
+        resized = (max(1, round(height * scale)), max(1, round(width * scale)))
+        padded = tuple(math.ceil(s / STRIDE) * STRIDE for s in resized)
+        return cls((height, width), resized, padded)
+
+    def pad(self, x: torch.Tensor, value: float = 0.0) -> torch.Tensor:
+        """x: ...,resized_h,resized_w -> ...,padded_h,padded_w (bottom/right padding)."""
+        return F.pad(x, (0, self.padded[1] - self.resized[1], 0, self.padded[0] - self.resized[0]), value=value)
+
+    def restore(self, x: torch.Tensor) -> torch.Tensor:
+        """x: C,padded_h,padded_w probabilities -> C,original_h,original_w."""
+        x = x[:, : self.resized[0], : self.resized[1]]
+        if self.resized != self.original:
+            x = F.interpolate(x[None], size=self.original, mode="bilinear", align_corners=False)[0]
+        return x
+
+
+@dataclass
+class ObjectGroup:
+    object_ids: list[int]
+    memory: FixedQueueMemory | UnboundedMemory
+
+
+@dataclass
+class Segmenter:
+    """`step(frame, mask)` per frame -> probabilities (1+N, H, W): background then `object_ids` order."""
+
+    backend: Backend
+    queue_len: int = 2
+    memory: str = "fixed"  # fixed | unbounded
+    mem_every: int = 5
+    size: int | None = 480  # short side; ignored by fixed-size backends
+    object_ids: list[int] = field(default_factory=list)
+    groups: list[ObjectGroup] = field(default_factory=list)
+    frame_index: int = 0
+
+    def __post_init__(self):
+        make_memory(self.memory, self.queue_len, self.mem_every)  # validates the options early
+        if isinstance(self.backend, MobileVOS):
+            self.backend = TorchBackend(self.backend)
+        self._mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    def reset(self) -> None:
+        self.object_ids, self.groups, self.frame_index = [], [], 0
+
+    def describe(self) -> dict:
+        return {**self.backend.describe(), "queue_len": self.queue_len, "memory": self.memory,
+                "mem_every": self.mem_every, "size": self.size}
+
+    @property
+    def num_parameters(self) -> int:
+        return int(self.backend.describe().get("parameters", 0))
+
+    def memory_nbytes(self) -> int:
+        return sum(group.memory.nbytes() for group in self.groups)
+
+    @torch.inference_mode()
+    def step(self, frame: np.ndarray, mask: np.ndarray | None = None, objects: list[int] | None = None) -> np.ndarray:
+        """frame: H,W,3 uint8 RGB. mask: H,W object ids given on this frame (new objects, or a correction);
+        `objects` limits which ids of the mask are taken (default: every non-zero id in it)."""
+        if frame.ndim != 3 or frame.shape[2] != 3:
+            raise MvosError(f"frame {self.frame_index}: expected an HxWx3 RGB image, got shape {frame.shape}")
+        geometry = FrameGeometry.for_frame(frame.shape[0], frame.shape[1], self.size, self.backend.fixed_size)
+        features = self.backend.encode_key(self._prepare_frame(frame, geometry))
+
+        object_probs = self._predict(features, geometry)  # N,1,H,W
+        if mask is not None:
+            object_probs = self._apply_mask(object_probs, mask, objects, geometry)
+        if not self.object_ids:
+            raise MvosError(f"frame {self.frame_index}: no objects to track yet (give a mask with at least one object)")
+        probs = soft_aggregate(object_probs, dim=0)  # 1+N,1,H,W
+        self._memorise(features, probs[1:])
+        self.frame_index += 1
+        return geometry.restore(probs[:, 0]).numpy()
+
+    def index_map(self, probs: np.ndarray) -> np.ndarray:
+        """1+N,H,W probabilities -> H,W uint8 object ids."""
+        lookup = np.array([0] + self.object_ids, dtype=np.uint8)
+        return lookup[probs.argmax(axis=0)]
+
+    # ---- internals ---------------------------------------------------------------------------------------
+
+    def _prepare_frame(self, frame: np.ndarray, geometry: FrameGeometry) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float() / 255.0  # 1,3,H0,W0
+        if geometry.resized != geometry.original:
+            x = F.interpolate(x, size=geometry.resized, mode="bilinear", align_corners=False, antialias=True)
+        return geometry.pad((x - self._mean) / self._std)
+
+    def _predict(self, features: KeyFeatures, geometry: FrameGeometry) -> torch.Tensor:
+        per_group = []
+        for group in self.groups:
+            keys, values = group.memory.read()
+            logits = self.backend.decode(features, keys, values, len(group.object_ids))  # n,1,H,W
+            per_group.append(torch.sigmoid(logits))
+        if not per_group:
+            return torch.zeros(0, 1, *geometry.padded)
+        return torch.cat(per_group, dim=0)
+
+    def _apply_mask(self, object_probs: torch.Tensor, mask: np.ndarray, objects: list[int] | None,
+                    geometry: FrameGeometry) -> torch.Tensor:
+        if mask.shape != geometry.original:
+            raise MvosError(f"frame {self.frame_index}: mask is {mask.shape[1]}x{mask.shape[0]} but the frame is "
+                            f"{geometry.original[1]}x{geometry.original[0]}")
+        present = [int(i) for i in np.unique(mask) if i != 0]
+        ids = present if objects is None else [int(i) for i in objects]
+        missing = [i for i in ids if i not in present]
+        if missing:
+            raise MvosError(f"frame {self.frame_index}: object ids {missing} are not in the mask")
+        if not ids:
+            return object_probs
+        new_ids = [i for i in ids if i not in self.object_ids]
+        if len(self.object_ids) + len(new_ids) > MAX_OBJECTS:
+            raise MvosError(f"at most {MAX_OBJECTS} objects can be tracked, got {len(self.object_ids) + len(new_ids)}")
+
+        given = torch.from_numpy(np.stack([mask == i for i in ids]).astype(np.float32))[:, None]  # k,1,H0,W0
+        if geometry.resized != geometry.original:
+            given = F.interpolate(given, size=geometry.resized, mode="nearest")
+        given = geometry.pad(given)  # k,1,H,W
+        covered = given.amax(dim=0, keepdim=True)
+        object_probs = object_probs * (1 - covered)  # given objects own their pixels
+        for row, object_id in enumerate(ids):
+            if object_id in self.object_ids:
+                object_probs[self.object_ids.index(object_id)] = given[row]
+        if new_ids:
+            object_probs = torch.cat([object_probs, given[[ids.index(i) for i in new_ids]]], dim=0)
+            self.object_ids.extend(new_ids)
+            self.groups.append(ObjectGroup(new_ids, make_memory(self.memory, self.queue_len, self.mem_every)))
+        return object_probs
+
+    def _memorise(self, features: KeyFeatures, object_probs: torch.Tensor) -> None:
+        """object_probs: N,1,H,W aggregated probabilities of this frame's result."""
+        total = object_probs.sum(dim=0, keepdim=True)
+        start = 0
+        for group in self.groups:
+            n = len(group.object_ids)
+            if group.memory.wants(self.frame_index):
+                masks = object_probs[start:start + n]
+                others = (total - masks).clamp(0, 1)
+                value = self.backend.encode_value(features, masks, others)  # n,Cv,h,w
+                group.memory.write(features.key[0], value.reshape(-1, *value.shape[2:]), self.frame_index)
+            start += n
