@@ -12,22 +12,14 @@ import pytest
 from PIL import Image
 
 from mvos.runtime.errors import MvosError
-from mvos.training.synth import davis_palette, generate, split_names
+from mvos.runtime.io import DAVIS_PALETTE
+from mvos.training.synth import generate, split_names
 
 SIZE = (64, 96)
 
 
 def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def test_davis_palette_matches_known_entries():
-    pal = davis_palette()
-    assert pal.shape == (256, 3) and pal.dtype == np.uint8
-    expected = {0: (0, 0, 0), 1: (128, 0, 0), 2: (0, 128, 0), 3: (128, 128, 0), 4: (0, 0, 128),
-                5: (128, 0, 128), 7: (128, 128, 128), 8: (64, 0, 0), 255: (224, 224, 192)}
-    for idx, rgb in expected.items():
-        assert tuple(pal[idx]) == rgb
 
 
 def test_layout_palette_and_ids(tmp_path):
@@ -45,7 +37,7 @@ def test_layout_palette_and_ids(tmp_path):
         assert cv2.imread(str(jpgs[0])).shape == (*SIZE, 3)
         first = Image.open(pngs[0])
         assert first.mode == "P" and first.size == (SIZE[1], SIZE[0])
-        assert first.getpalette()[:256 * 3] == davis_palette().flatten().tolist()
+        assert first.getpalette()[:256 * 3] == DAVIS_PALETTE.flatten().tolist()
         ids = np.unique(np.array(first))
         # every object is visible in frame 0 and ids are 0 plus a contiguous 1..K with K in the asked range
         assert ids[0] == 0 and ids[1:].tolist() == list(range(1, len(ids))) and len(ids) - 1 in (2, 3)

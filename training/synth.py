@@ -13,40 +13,22 @@ depend on how many are generated, and the whole dataset is reproducible from the
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import cv2
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from mvos.runtime.errors import MvosError
+from mvos.runtime.io import palette_image, staged_directory
 
 SHAPES = ("ellipse", "polygon", "star")
 TEXTURES = ("noise", "gradient", "stripes")
 MAX_OBJECTS = 10
 # An object must show this fraction of the frame in frame 0, or semi-supervised VOS has nothing to start from.
 MIN_FIRST_FRAME_AREA = 0.002
-
-
-def davis_palette() -> np.ndarray:
-    """The DAVIS / PASCAL VOC colour map: (256, 3) uint8, index 1 = (128, 0, 0), 2 = (0, 128, 0), ..."""
-    palette = np.zeros((256, 3), np.uint8)
-    for i in range(256):
-        c, rgb = i, [0, 0, 0]
-        for bit in range(8):
-            for ch in range(3):
-                rgb[ch] |= ((c >> ch) & 1) << (7 - bit)
-            c >>= 3
-        palette[i] = rgb
-    return palette
-
-
-_PALETTE_BYTES = davis_palette().tobytes()
 
 
 def texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -169,9 +151,7 @@ def _write_sequence(root: Path, name: str, images: list[np.ndarray], labels: lis
     for t, (image, label) in enumerate(zip(images, labels)):
         cv2.imwrite(str(img_dir / f"{t:05d}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
                     [cv2.IMWRITE_JPEG_QUALITY, 90])
-        png = Image.fromarray(label, mode="P")
-        png.putpalette(_PALETTE_BYTES)
-        png.save(ann_dir / f"{t:05d}.png")
+        palette_image(label).save(ann_dir / f"{t:05d}.png")
 
 
 def split_names(names: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
@@ -204,11 +184,10 @@ def generate(out: Path, sequences: int, frames: int, size: tuple[int, int] = (24
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise MvosError(f"{out} exists and is not empty; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
 
     names = [f"synth{i:04d}" for i in range(sequences)]
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    train, val = split_names(names, val_fraction)
+    with staged_directory(out) as tmp:
         for i, name in enumerate(tqdm(names, desc="synth", unit="seq", disable=not progress)):
             rng = np.random.default_rng([seed, i])
             num_objects = int(rng.integers(lo, hi + 1))
@@ -217,28 +196,12 @@ def generate(out: Path, sequences: int, frames: int, size: tuple[int, int] = (24
                 if _first_frame_ok(labels[0], num_objects):
                     break
             _write_sequence(tmp, name, images, labels)
-        train, val = split_names(names, val_fraction)
         sets = tmp / "ImageSets" / "2017"
         sets.mkdir(parents=True)
         for split, split_list in (("train", train), ("val", val)):
             (sets / f"{split}.txt").write_text("".join(f"{n}\n" for n in split_list))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset should read like any folder
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        os.chmod(tmp, 0o755)  # the staging folder is created private; the dataset should read like any folder
     return {"train": train, "val": val}
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move `src` to `dst`; an existing `dst` is moved aside first and deleted only once `src` is in place."""
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
-        os.replace(dst, old / "data")
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
 
 
 def _parse_size(text: str) -> tuple[int, int]:
