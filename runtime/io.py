@@ -98,7 +98,7 @@ def open_frames(path: str | Path) -> FrameSource:
 def read_image(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+            return np.array(image.convert("RGB"))  # a writable copy: torch refuses read-only arrays
     except (UnidentifiedImageError, OSError) as exc:
         raise MvosError(f"cannot read image {path}: {exc}") from None
 

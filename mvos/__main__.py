@@ -1,0 +1,3 @@
+from mvos.cli import main
+
+main()

@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from mvos.runtime.model import PAPER_PARAMETERS, VARIANTS, build_model, memory_readout, soft_aggregate
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_stage_shapes(variant):
+    model = build_model(variant).eval()
+    config = model.config
+    with torch.no_grad():
+        features = model.encode_key(torch.randn(1, 3, 64, 96))
+        assert tuple(features.key.shape) == (1, config.key_dim, 4, 6)
+        assert tuple(features.value.shape) == (1, config.value_dim, 4, 6)
+        value = model.encode_value(features.f16, torch.rand(3, 1, 64, 96), torch.rand(3, 1, 64, 96))
+        assert tuple(value.shape) == (3, config.value_dim, 4, 6)
+        memory_keys = torch.cat([features.key.flatten(2)] * 2, dim=2)  # 1,Ck,2*h*w (two memory frames)
+        memory_values = torch.cat([value.reshape(1, -1, 24)] * 2, dim=2)  # 1,3*Cv,2*h*w
+        logits, z = model.segment(features, memory_keys, memory_values, num_objects=3)
+    assert tuple(logits.shape) == (3, 1, 64, 96)
+    assert tuple(z.shape) == (3, config.decoder_dims[2], 16, 24)
+
+
+@pytest.mark.parametrize("variant", list(PAPER_PARAMETERS))
+def test_parameter_counts_near_the_paper(variant):
+    count = build_model(variant).num_parameters()
+    assert 0.8 <= count / PAPER_PARAMETERS[variant] <= 1.2
+
+
+def test_memory_readout_matches_stcn_reference():
+    torch.manual_seed(0)
+    qk, mk, mv = torch.randn(2, 8, 3, 4), torch.randn(2, 8, 30), torch.randn(2, 5, 30)
+    # STCN's get_affinity + readout, written the rank-3 way.
+    a_sq = mk.pow(2).sum(1).unsqueeze(2)
+    ab = mk.transpose(1, 2) @ qk.flatten(2)
+    affinity = torch.softmax((2 * ab - a_sq) / 8 ** 0.5, dim=1)  # B,M,HW
+    expected = (mv @ affinity).reshape(2, 5, 3, 4)
+    assert torch.allclose(memory_readout(qk, mk, mv), expected, atol=1e-5)
+
+
+def test_top_k_read_uses_only_the_k_best_matches():
+    torch.manual_seed(1)
+    qk, mk, mv = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 10), torch.randn(1, 3, 10)
+    a = (2 * qk.flatten(2).transpose(1, 2) @ mk - mk.pow(2).sum(1, keepdim=True)) / 2.0  # 1,HW,M
+    top = torch.topk(a, 3, dim=-1)
+    weights = torch.zeros_like(a).scatter(-1, top.indices, torch.softmax(top.values, dim=-1))
+    expected = (weights @ mv.transpose(1, 2)).transpose(1, 2).reshape(1, 3, 2, 2)
+    assert torch.allclose(memory_readout(qk, mk, mv, top_k=3), expected, atol=1e-5)
+
+
+def test_soft_aggregation_sums_to_one_and_keeps_order():
+    probs = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.0]])  # 2 objects x 3 pixels
+    out = soft_aggregate(probs, dim=0)
+    assert torch.allclose(out.sum(0), torch.ones(3))
+    assert out[:, 0].argmax() == 1 and out[:, 1].argmax() == 2 and out[:, 2].argmax() == 0
