@@ -191,13 +191,13 @@ class DistillationLoss(nn.Module):
         if teacher_logits is not None or z_teacher is not None:
             # Sample where the representation lives (h, w); the same pixels, mapped exactly by the nearest grid,
             # serve the logit term so both terms see the same boundary pixels.
-            h, w = (z_student.shape[-2:] if z_student is not None else target.shape[-2:])
-            rows = _nearest_grid(target.shape[-2], h, target.device)
-            cols = _nearest_grid(target.shape[-1], w, target.device)
+            small_h, small_w = (z_student.shape[-2:] if z_student is not None else target.shape[-2:])
+            rows = _nearest_grid(target.shape[-2], small_h, target.device)
+            cols = _nearest_grid(target.shape[-1], small_w, target.device)
             small = target[:, rows][:, :, cols]  # (B,h,w)
             picks = boundary_sample(small, self.band, self.max_pixels, generator)
             if teacher_logits is not None:
-                logit_term = self._logit_term(logits, teacher_logits, picks, rows, cols, w)
+                logit_term = self._logit_term(logits, teacher_logits, picks, rows, cols)
             if z_teacher is not None:
                 if z_student is None:
                     raise ValueError("z_teacher given without z_student")
@@ -207,11 +207,11 @@ class DistillationLoss(nn.Module):
                 "top_p": torch.tensor(top_p)}
 
     def _logit_term(self, logits: Tensor, teacher_logits: Tensor, picks: list[Tensor],
-                    rows: Tensor, cols: Tensor, w: int) -> Tensor:
-        full_w = logits.shape[-1]
+                    rows: Tensor, cols: Tensor) -> Tensor:
+        small_w, full_w = cols.numel(), logits.shape[-1]
         student, teacher = [], []
         for b, idx in enumerate(picks):
-            flat = rows[idx // w] * full_w + cols[idx % w]  # flat index at full resolution
+            flat = rows[idx // small_w] * full_w + cols[idx % small_w]  # flat index at full resolution
             student.append(logits[b].flatten(1)[:, flat].t())  # (P,K)
             teacher.append(teacher_logits[b].flatten(1)[:, flat].t())
         return logit_distillation(torch.cat(student), torch.cat(teacher), self.tau)
