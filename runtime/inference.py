@@ -163,7 +163,8 @@ class Segmenter:
     # ---- internals ---------------------------------------------------------------------------------------
 
     def _prepare_frame(self, frame: np.ndarray, geometry: FrameGeometry) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float() / 255.0  # 1,3,H0,W0
+        # .contiguous(): the permuted view is channels-last, which sends every conv down a slow path.
+        x = torch.from_numpy(frame).permute(2, 0, 1)[None].float().contiguous() / 255.0  # 1,3,H0,W0
         if geometry.resized != geometry.original:
             x = F.interpolate(x, size=geometry.resized, mode="bilinear", align_corners=False, antialias=True)
         return geometry.pad((x - self._mean) / self._std)
