@@ -272,9 +272,9 @@ def eval_command(ctx: click.Context, dataset: str, root: Path, split: str, seque
         click.echo(f"\nwrote {out_dir}/global_results-{split}.csv, per-sequence_results-{split}.csv, summary.json")
         return
 
+    segmenter = segmenter_from_options(**options)
     for stale in _stale_reports(out_dir, split):  # they would describe the predictions we overwrite
         stale.unlink(missing_ok=True)
-    segmenter = segmenter_from_options(**options)
     pred_root = out_dir / "Annotations" if dataset == "ytvos2019" else out_dir
     stats = RunStats()
     for seq in tqdm(seqs, desc="sequences", unit="seq", dynamic_ncols=True, position=0):
