@@ -383,7 +383,9 @@ def _read_aliases(text: str, origin: str) -> dict[str, Alias]:
     for name, entry in data.items():
         models = entry.get("models") if isinstance(entry, dict) else None
         if not (isinstance(models, list) and models and all(isinstance(m, str) and m for m in models)):
-            raise MvosError(f'{origin}: alias [{name}] needs models = ["SM-S901*", ...] (patterns for ro.product.model)')
+            raise MvosError(
+                f'{origin}: alias [{name}] needs models = ["SM-S901*", ...] (patterns for ro.product.model)'
+            )
         table[name.lower()] = Alias(name.lower(), tuple(models), str(entry.get("description", "")))
     return table
 

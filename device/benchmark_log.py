@@ -65,7 +65,9 @@ _GPU_SPLIT = re.compile(
 _GPU_UNSUPPORTED = re.compile(r"(?:Following|Next) operations are not supported by GPU delegate:")
 
 # litert-benchmark (ai-edge-litert): "Inference (avg):       0.06 ms (20 runs)".
-_LITERT_LINE = re.compile(rf"^(Model initialization|Warmup \(\w+\)|Inference \(\w+\)):\s+({NUM}) ms(?: \((\d+) runs\))?")
+_LITERT_LINE = re.compile(
+    rf"^(Model initialization|Warmup \(\w+\)|Inference \(\w+\)):\s+({NUM}) ms(?: \((\d+) runs\))?"
+)
 _LITERT_FULLY = re.compile(r"^Fully accelerated:\s+(True|False)")
 _LITERT_ACCELERATORS = re.compile(r"^Accelerators:\s+(.+)$")
 
@@ -424,7 +426,9 @@ def _parse_litert(lines: list[str]) -> BenchmarkLog:
     )
     # With --warmup_runs 0 the tool prints "0.00 ms (0 runs)": that is no measurement, not a zero.
     has_warmup = runs.get("Warmup (avg)", 0) > 0
-    warmup = RunStats(count=runs["Warmup (avg)"], avg_us=us("Warmup (avg)"), first_us=us("Warmup (first)")) if has_warmup else None
+    warmup = None
+    if has_warmup:
+        warmup = RunStats(count=runs["Warmup (avg)"], avg_us=us("Warmup (avg)"), first_us=us("Warmup (first)"))
     created = tuple(
         f"{m.group(1)}/{m.group(2)}" if m.group(1) else m.group(2)
         for ln in lines

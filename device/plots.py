@@ -23,7 +23,8 @@ def _series_label(row) -> str:
 
 
 def _device_title(frame: pd.DataFrame, device: str) -> str:
-    model = frame["device_model"].dropna().iloc[0] if "device_model" in frame and frame["device_model"].notna().any() else None
+    models = frame["device_model"].dropna() if "device_model" in frame else pd.Series(dtype=object)
+    model = models.iloc[0] if len(models) else None
     return f"{model} ({device})" if model and model != device else str(device)
 
 
@@ -82,7 +83,8 @@ def plot_subgraphs(frames: pd.DataFrame, out: Path) -> Path:
             ax.bar(x, height, bottom=bottom, color=SUBGRAPH_COLORS[name], label=SUBGRAPH_LABELS[name])
             bottom = bottom + height
         _realtime_line(ax)
-        ax.set_title(f"{variant} ({precision}, {str(delegate).upper()})\n{_device_title(sub, device)}", fontsize="medium")
+        title = f"{variant} ({precision}, {str(delegate).upper()})\n{_device_title(sub, device)}"
+        ax.set_title(title, fontsize="medium")
         ax.set_xlabel("memory queue length T (frames)")
         ax.set_ylabel("latency (ms)")
         ax.set_ylim(bottom=0, top=max(REALTIME_MS, bottom.max()) * 1.15)

@@ -83,7 +83,7 @@ def per_frame_latency(df: pd.DataFrame, objects: int = 1) -> pd.DataFrame:
     enc = enc.pivot(index=_GROUP, columns="subgraph", values="avg_us").reset_index()
     dec = latest[latest["subgraph"] == "decoder"]
     if dec.empty or not set(SUBGRAPHS[:2]) <= set(enc.columns):
-        return pd.DataFrame(columns=[*_GROUP, "queue_len", "key_encoder_ms", "value_encoder_ms", "decoder_ms", "frame_ms"])
+        return pd.DataFrame(columns=[*_GROUP, "queue_len", *(f"{s}_ms" for s in SUBGRAPHS), "frame_ms"])
     extra = [c for c in ("device_model",) if c in dec.columns]
     out = dec[_GROUP + ["queue_len", "avg_us"] + extra].merge(enc, on=_GROUP, how="inner")
     out = out.dropna(subset=["avg_us", *SUBGRAPHS[:2]])

@@ -52,7 +52,10 @@ def _cache_key(device: Device) -> str | None:
 def missing_binary_message(abi: str | None) -> str:
     abi = abi or "unknown ABI"
     name = PREBUILT.get(abi)
-    what = f"the official prebuilt `{name}`" if name else f"benchmark_model built for {abi} (no prebuilt is listed for it)"
+    if name:
+        what = f"the official prebuilt `{name}`"
+    else:
+        what = f"benchmark_model built for {abi} (no prebuilt is listed for it)"
     return (
         f"no benchmark_model binary for the device's ABI {abi}: get {what} (see {DOCS_URL} and {README}), "
         f"then pass --benchmark-binary PATH, set {ENV_BINARY}=PATH, or save it as {cached_binary(abi)}"
@@ -90,7 +93,10 @@ def model_signatures(model: Path) -> list[str]:
     """Signature keys of a .tflite file (read from the flatbuffer, nothing is allocated)."""
     from ai_edge_litert import schema_py_generated as schema
 
-    buf = Path(model).read_bytes()
+    try:
+        buf = Path(model).read_bytes()
+    except OSError as exc:
+        raise MvosError(f"cannot read {model}: {exc.strerror}") from None
     if len(buf) < 8 or not schema.Model.ModelBufferHasIdentifier(buf, 0):
         raise MvosError(f"{model} is not a TFLite model")
     m = schema.Model.GetRootAs(buf, 0)
@@ -114,7 +120,8 @@ def signature_flag_value(spec: BenchSpec) -> str | None:
     """The signature to name on the command line: only when the model has several."""
     signatures = model_signatures(spec.model)
     if spec.signature is not None and spec.signature not in signatures:
-        raise MvosError(f"{spec.model.name} has no signature '{spec.signature}' (it has: {', '.join(signatures) or 'none'})")
+        have = ", ".join(signatures) or "none"
+        raise MvosError(f"{spec.model.name} has no signature '{spec.signature}' (it has: {have})")
     if len(signatures) <= 1:
         return None
     if spec.signature is None:
@@ -273,21 +280,22 @@ def run_points(
         return 0
     binary = locate_benchmark_binary(device, settings.benchmark_binary)
     written = 0
-    with BenchmarkSession(device, binary) as session, tqdm(total=len(todo), desc=f"bench {facts.model}", unit="model") as bar:
-        for point in todo:
-            bar.set_postfix_str(f"{point.variant} {point.subgraph} T={point.queue_len}")
-            spec = BenchSpec(
-                model=Path(point.model), use_gpu=settings.use_gpu, threads=settings.threads,
-                num_runs=settings.num_runs, warmup_runs=settings.warmup_runs, signature=point.signature,
-                op_profiling=settings.op_profiling, timeout_s=settings.timeout_s,
-            )
-            result = session.measure(spec)
-            row = {**_key_columns(facts, settings, point), **result.as_row(), **settings.extra}
-            append_rows(out_csv, [row])
-            written += 1
-            bar.update(1)
-            if on_row:
-                on_row(row)
+    with BenchmarkSession(device, binary) as session:
+        with tqdm(total=len(todo), desc=f"bench {facts.model}", unit="model") as bar:
+            for point in todo:
+                bar.set_postfix_str(f"{point.variant} {point.subgraph} T={point.queue_len}")
+                spec = BenchSpec(
+                    model=Path(point.model), use_gpu=settings.use_gpu, threads=settings.threads,
+                    num_runs=settings.num_runs, warmup_runs=settings.warmup_runs, signature=point.signature,
+                    op_profiling=settings.op_profiling, timeout_s=settings.timeout_s,
+                )
+                result = session.measure(spec)
+                row = {**_key_columns(facts, settings, point), **result.as_row(), **settings.extra}
+                append_rows(out_csv, [row])
+                written += 1
+                bar.update(1)
+                if on_row:
+                    on_row(row)
     return written
 
 

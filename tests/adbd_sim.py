@@ -482,7 +482,8 @@ class AdbdSimulator:
             for entry in sorted(os.listdir(local)):
                 st = os.stat(local / entry)
                 name = entry.encode()
-                stream.write(b"DENT" + struct.pack("<IIII", st.st_mode, st.st_size & 0xFFFFFFFF, int(st.st_mtime), len(name)) + name)
+                header = struct.pack("<IIII", st.st_mode, st.st_size & 0xFFFFFFFF, int(st.st_mtime), len(name))
+                stream.write(b"DENT" + header + name)
         stream.write(b"DONE" + struct.pack("<IIII", 0, 0, 0, 0))
 
     def _fail(self, stream: _Stream, message: str) -> None:

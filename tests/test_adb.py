@@ -2,9 +2,13 @@
 resolution by serial and alias, device facts, push/run/cleanup, the benchmark binary lookup."""
 
 import shlex
+import socket
+import time
 from pathlib import Path
 
+import adbutils
 import pytest
+from adbd_sim import AdbdSimulator
 
 from mvos.device import adb as mvos_adb
 from mvos.device.adb import DEVICE_DIR, HostDevice, load_aliases, resolve_device
@@ -109,7 +113,7 @@ def test_offline_adb_server_is_started_or_explained(adbsim_server, monkeypatch, 
         mvos_adb.adb_client()
 
 
-def test_push_run_and_cleanup(adbsim_phones, adbsim_tiny_tflite):
+def test_push_run_and_cleanup(adbsim_phones, adbsim_server, adbsim_tiny_tflite):
     sim = adbsim_phones("s22")
     device = resolve_device(sim.address)
     with device.workspace() as ws:
@@ -119,6 +123,8 @@ def test_push_run_and_cleanup(adbsim_phones, adbsim_tiny_tflite):
         r = ws.run(["sh", "-c", "ls -l \"$0\"; echo oops >&2; exit 7", remote])
         assert r.returncode == 7 and "tiny.tflite" in r.stdout and r.stderr == "oops\n"
         assert DEVICE_DIR in r.stdout  # the phone's paths, not the sandbox's
+        listing = adbutils.AdbClient(port=adbsim_server.port).device(sim.address).sync.list(DEVICE_DIR)
+        assert [(f.path, f.size) for f in listing] == [("tiny.tflite", adbsim_tiny_tflite.stat().st_size)]
     assert not phone_dir(sim).exists()
 
 
@@ -225,6 +231,12 @@ def test_binary_missing(adbsim_phones, no_user_config, monkeypatch, tmp_path):
     assert locate_benchmark_binary(device, cached) == cached
 
 
+def test_missing_model_is_a_clear_error(tmp_path):
+    with BenchmarkSession(HostDevice(), None) as session:
+        with pytest.raises(MvosError, match="cannot read .*missing.tflite"):
+            session.measure(BenchSpec(model=tmp_path / "missing.tflite"))
+
+
 def test_host_needs_no_binary_but_uses_a_cached_one(no_user_config, tmp_path):
     host = HostDevice()
     assert locate_benchmark_binary(host) is None  # litert-benchmark runs instead
@@ -244,3 +256,23 @@ def test_adb_server_is_started_when_down(adbsim_server, monkeypatch, tmp_path):
         assert client.server_version() > 0
     finally:
         mvos_adb.subprocess.run([adbsim_server.exe, "-P", str(port), "kill-server"], capture_output=True, timeout=30)
+
+
+def test_timeout_closes_the_stream_and_ends_the_remote_process(adbsim_phones):
+    sim = adbsim_phones("s22")
+    device = resolve_device(sim.address)
+    with pytest.raises(MvosError, match="did not answer in time"):
+        device.shell(["sh", "-c", "echo $$ > /data/local/tmp/pid; sleep 30"], timeout=1)
+    pid = int(sim.local_path("/data/local/tmp/pid").read_text())
+    for _ in range(50):
+        if not Path(f"/proc/{pid}").exists():
+            break
+        time.sleep(0.1)
+    assert not Path(f"/proc/{pid}").exists()
+
+
+def test_simulator_stops_by_itself(tmp_path):
+    sim = AdbdSimulator(tmp_path, idle_timeout=0.3).start()
+    time.sleep(1.5)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", sim.port), timeout=1).close()

@@ -4,7 +4,6 @@ phone that drops its connection mid-sweep, and the two plots."""
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.image import imread
