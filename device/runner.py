@@ -5,6 +5,7 @@ binary is given), parse its output, and record each measured point in the result
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shlex
 import sys
@@ -30,6 +31,7 @@ PREBUILT = {
     "armeabi-v7a": "android_arm_benchmark_model",
 }
 LITERT_MODULE = "ai_edge_litert.tools.benchmark_litert_model"
+log = logging.getLogger(__name__)
 
 
 # ---- the tool ------------------------------------------------------------------------------------
@@ -148,6 +150,8 @@ def benchmark_model_args(binary: str, model: str, spec: BenchSpec, signature: st
 def litert_benchmark_args(tool: list[str], model: str, spec: BenchSpec, signature: str | None) -> list[str]:
     args = [*tool, f"--model={model}", f"--num_threads={spec.threads}", f"--num_runs={spec.num_runs}",
             f"--warmup_runs={spec.warmup_runs}"]
+    if spec.op_profiling:
+        log.warning("litert-benchmark has no op profiling; pass --benchmark-binary for a per-op profile")
     if spec.use_gpu:
         args.append("--use_gpu")
     if signature:
