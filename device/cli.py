@@ -1,0 +1,149 @@
+"""`mvos bench` (latency of every subgraph against memory queue length, on a phone or the host) and `mvos plot`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+
+from mvos.runtime.errors import MvosError
+from mvos.runtime.memory import MAX_QUEUE_LEN
+
+DEFAULT_SIZE = (480, 864)
+
+
+def parse_queue_lens(text: str) -> list[int]:
+    """`1..20` (a range), `1,2,4` (a list), or a mix such as `1,2,5..8`; each T must be in 1..20."""
+    values: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        match = re.fullmatch(r"(\d+)\s*\.\.\s*(\d+)", part)
+        if match:
+            low, high = int(match[1]), int(match[2])
+            if low > high:
+                raise MvosError(f"--queue-len {part}: the range is empty (write low..high)")
+            values.extend(range(low, high + 1))
+        elif part.isdigit():
+            values.append(int(part))
+        else:
+            raise MvosError(f"--queue-len {text!r}: expected a range like 1..20 or a list like 1,2,4")
+    bad = [t for t in values if not 1 <= t <= MAX_QUEUE_LEN]
+    if bad:
+        raise MvosError(f"--queue-len {text!r}: queue lengths must be in 1..{MAX_QUEUE_LEN}, got {bad[0]}")
+    return sorted(set(values))
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)\s*[xX]\s*(\d+)", text.strip())
+    if not match:
+        raise MvosError(f"--size {text!r}: expected HEIGHTxWIDTH, e.g. 480x864")
+    return int(match[1]), int(match[2])
+
+
+def bench_points(model_dir: Path, label: str, manifest: dict, precisions: list[str], queue_lens: list[int]):
+    """The points of one exported model: each encoder once (recorded with T=0), a decoder per queue length."""
+    from mvos.device.results import ENCODER_QUEUE_LEN
+    from mvos.device.runner import BenchPoint
+    from mvos.runtime.tflite import manifest_entry
+
+    points = []
+    for precision in precisions:
+        for subgraph, queue_len in [("key_encoder", None), ("value_encoder", None),
+                                    *(("decoder", t) for t in queue_lens)]:
+            entry = manifest_entry(manifest, precision, subgraph, queue_len)
+            if entry is None:  # a precision that failed to convert is recorded in the manifest's failures
+                continue
+            points.append(BenchPoint(label, precision, ENCODER_QUEUE_LEN if queue_len is None else queue_len,
+                                     subgraph, model_dir / entry["path"]))
+    return points
+
+
+@click.command("bench")
+@click.option("--device", "device_spec", required=True,
+              help="A phone's serial, an alias from the device table (e.g. s22), or `host`.")
+@click.option("--variant", "variants", multiple=True, help="Variant(s) to measure (repeatable).")
+@click.option("--weights", "weights", multiple=True, type=click.Path(path_type=Path),
+              help="Checkpoint(s) to measure (repeatable), in addition to --variant.")
+@click.option("--queue-len", "queue_len_text", default="1..20", show_default=True,
+              help="Memory queue lengths: a range 1..20 or a list 1,2,4.")
+@click.option("--gpu/--cpu", "use_gpu", default=False, show_default=True, help="GPU delegate or CPU.")
+@click.option("--threads", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--precision", "precision_text", default="fp32", show_default=True, help="fp32, fp16, int8 (comma list).")
+@click.option("--size", "size_text", default="480x864", show_default=True, help="Input size HxW of the exports.")
+@click.option("--objects", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Objects tracked: the value encoder runs once per object in the per-frame latency.")
+@click.option("--model-dir", required=True, type=click.Path(path_type=Path),
+              help="Folder of exports (one sub-folder per model); what is missing is exported first.")
+@click.option("--out", "out_csv", required=True, type=click.Path(path_type=Path), help="Results CSV (appended).")
+@click.option("--benchmark-binary", type=click.Path(path_type=Path), default=None,
+              help="The official TFLite benchmark_model for the phone's ABI (or $MVOS_BENCHMARK_MODEL).")
+@click.option("--num-runs", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--warmup-runs", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--op-profiling", is_flag=True, help="Pass --enable_op_profiling to benchmark_model.")
+@click.option("--timeout", "timeout_s", type=float, default=900.0, show_default=True, help="Seconds per run.")
+@click.option("--resume", is_flag=True, help="Skip points already in the results CSV.")
+@click.option("--no-verify", is_flag=True, help="Skip the PyTorch parity check of new exports.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None, help="Also write the plots.")
+def bench_command(device_spec, variants, weights, queue_len_text, use_gpu, threads, precision_text, size_text,
+                  objects, model_dir, out_csv, benchmark_binary, num_runs, warmup_runs, op_profiling, timeout_s,
+                  resume, no_verify, plot_path) -> None:
+    """Per-frame latency (key encoder + value encoder + decoder) against memory queue length."""
+    from mvos.device.adb import resolve_device
+    from mvos.device.plots import plot_results
+    from mvos.device.results import per_frame_latency, read_results
+    from mvos.device.runner import SweepSettings, locate_benchmark_binary, run_points
+    from mvos.export.exporter import ensure_exported
+    from mvos.runtime.checkpoint import read_checkpoint
+    from mvos.runtime.tflite import PRECISIONS
+
+    queue_lens = parse_queue_lens(queue_len_text)
+    size = parse_size(size_text)
+    precisions = [p.strip() for p in precision_text.split(",") if p.strip()]
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown or not precisions:
+        raise MvosError(f"--precision {precision_text!r}: choose from {', '.join(PRECISIONS)}")
+    models: list[tuple[str, str | Path]] = [(v, v) for v in variants]
+    models += [(f"{read_checkpoint(w)['variant']}:{Path(w).stem}", Path(w)) for w in weights]
+    if not models:
+        models = [("mobilenetv2", "mobilenetv2")]
+
+    # Resolve the device and its benchmark tool before exporting anything: both fail fast and cheaply.
+    device = resolve_device(device_spec)
+    locate_benchmark_binary(device, benchmark_binary)
+
+    points = []
+    for label, model in models:
+        folder = Path(model_dir) / re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+        click.echo(f"exports for {label}: {folder}", err=True)
+        result = ensure_exported(folder, model, size, queue_lens, precisions, max_objects=1, verify=not no_verify,
+                                 on_message=lambda message: click.echo(f"  {message}", err=True))
+        points += bench_points(folder, label, result.manifest, precisions, queue_lens)
+
+    settings = SweepSettings(use_gpu=use_gpu, threads=threads, num_runs=num_runs, warmup_runs=warmup_runs,
+                             op_profiling=op_profiling, timeout_s=timeout_s, benchmark_binary=benchmark_binary)
+    written = run_points(device, points, out_csv, settings, resume=resume)
+    click.echo(f"{written} measurement(s) appended to {out_csv}" + (" (others already done)" if resume else ""))
+
+    table = per_frame_latency(read_results(out_csv), objects=objects)
+    labels = {label for label, _ in models}
+    table = table[table["variant"].isin(labels) & table["queue_len"].isin(queue_lens)]
+    if not table.empty:
+        click.echo(f"\nper-frame latency (ms, {objects} object(s)):")
+        click.echo(table[["variant", "precision", "delegate", "queue_len", "key_encoder_ms", "value_encoder_ms",
+                          "decoder_ms", "frame_ms"]].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    if plot_path is not None:
+        for path in plot_results(out_csv, plot_path, objects=objects):
+            click.echo(f"wrote {path}")
+
+
+@click.command("plot")
+@click.argument("results_csv", type=click.Path(path_type=Path))
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path),
+              help="PNG of latency vs queue length; the per-subgraph plot goes beside it (<name>_subgraphs.png).")
+@click.option("--objects", type=click.IntRange(min=1), default=1, show_default=True)
+def plot_command(results_csv: Path, out_path: Path, objects: int) -> None:
+    """Latency vs memory queue length per variant (paper Figure 4) and per-subgraph stacked latency."""
+    from mvos.device.plots import plot_results
+
+    for path in plot_results(results_csv, out_path, objects=objects):
+        click.echo(f"wrote {path}")
