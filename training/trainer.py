@@ -1,0 +1,471 @@
+"""`mvos train`: STCN-style clip training of a MobileVOS student, distilled from a frozen teacher.
+
+One iteration: a batch of T-frame clips. Frame 0 and its ground-truth masks go into memory; each later frame
+is segmented from memory and its soft-aggregated probabilities are encoded as the next memory entry. The
+student reads a fixed queue (frame 0 + the last queue_len-1 frames, exactly as the inference engine), the
+teacher every previous frame. Losses (training.losses.DistillationLoss) on frames 1..T-1.
+
+A run folder holds latest.pth (model, optimiser, scheduler, RNG, iteration: written atomically every
+`checkpoint_every` iterations, what --resume restarts from), final.pth, log.csv and loss.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from mvos.runtime.checkpoint import read_checkpoint, save_checkpoint
+from mvos.runtime.errors import MvosError
+from mvos.runtime.inference import Segmenter
+from mvos.runtime.io import atomic_path
+from mvos.runtime.model import KeyFeatures, MobileVOS, aggregated_logits, build_model, load_pretrained_effnet_lite0
+from mvos.training.config import TrainConfig, apply_overrides, read_config_file
+from mvos.training.losses import DistillationLoss
+from mvos.training.stcn import decoder_channels, encode_value
+from mvos.training.teacher import build_teacher
+
+LOG_COLUMNS = ["iteration", "loss", "xe", "logit", "repr", "top_p", "lr", "it_per_s", "val_J", "val_F", "val_JF"]
+LATEST = "latest.pth"
+FINAL = "final.pth"
+
+
+# --------------------------------------------------------------------------------------------- the step
+
+
+def memory_slots(frame: int, queue_len: int | None) -> list[int]:
+    """Clip frames the memory holds when segmenting `frame` (0 is the reference). None: every previous frame.
+
+    Mirrors runtime.memory.FixedQueueMemory, including its rule that unwritten slots repeat the reference.
+    """
+    if queue_len is None:
+        return list(range(frame))
+    recent = list(range(max(1, frame - (queue_len - 1)), frame))
+    return [0] * (queue_len - len(recent)) + recent
+
+
+@dataclass
+class Rollout:
+    logits: torch.Tensor  # (T-1)*B,1+N,H,W aggregated logits of frames 1..T-1, frame-major
+    z: torch.Tensor  # (T-1)*B*N,C,H/4,W/4 decoder features, same order, objects consecutive
+
+
+def rollout(model: nn.Module, frames: torch.Tensor, first_masks: torch.Tensor, num_objects: torch.Tensor,
+            queue_len: int | None) -> Rollout:
+    """Propagates the first-frame masks through a clip. frames B,T,3,H,W ; first_masks B,N,H,W ;
+    num_objects B (objects past it are padding: their probabilities are zeroed, as STCN's selector)."""
+    b, t, _, height, width = frames.shape
+    n = first_masks.shape[1]
+    features = model.encode_key(frames.flatten(0, 1))  # every frame at once: (B*T),...
+    features = KeyFeatures(*(f.unflatten(0, (b, t)) for f in features))  # B,T,...
+    selector = (torch.arange(n) < num_objects[:, None]).float()[:, :, None, None]  # B,N,1,1
+    keys, values, logits, zs = [], [], [], []
+    probs = first_masks
+    for i in range(t):
+        at = KeyFeatures(*(f[:, i] for f in features))
+        if i > 0:
+            slots = memory_slots(i, queue_len)
+            memory_keys = torch.stack([keys[s] for s in slots], dim=2).flatten(2)  # B,Ck,M
+            memory_values = torch.stack([values[s] for s in slots], dim=2).flatten(2)  # B,N*Cv,M
+            frame_logits, z = model.segment(at, memory_keys, memory_values, n)  # B*N,1,H,W ; B*N,C,h4,w4
+            object_probs = torch.sigmoid(frame_logits).view(b, n, height, width) * selector
+            aggregated = aggregated_logits(object_probs, dim=1)  # B,1+N,H,W
+            probs = F.softmax(aggregated, dim=1)[:, 1:]
+            logits.append(aggregated)
+            zs.append(z)
+        if i < t - 1:  # the last frame is never read back
+            masks = probs.reshape(b * n, 1, height, width)
+            others = (probs.sum(dim=1, keepdim=True) - probs).clamp(0, 1).reshape(b * n, 1, height, width)
+            value = encode_value(model, frames[:, i], at, masks, others)  # B*N,Cv,h,w
+            keys.append(at.key)
+            values.append(value.reshape(b, -1, *value.shape[2:]))  # B,N*Cv,h,w
+    return Rollout(torch.cat(logits), torch.cat(zs))
+
+
+def set_train_mode(model: nn.Module, freeze_bn: str) -> None:
+    """Train mode, with BatchNorm layers kept in eval mode (running statistics frozen) where asked."""
+    model.train()
+    scope = {"all": model, "key_encoder": getattr(model, "key_encoder", model), "none": None}[freeze_bn]
+    if scope is not None:
+        for module in scope.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def training_step(student: MobileVOS, teacher: nn.Module | None, criterion: DistillationLoss, batch: dict,
+                  iteration: int, queue_len: int) -> dict[str, torch.Tensor]:
+    """Forward both networks on one batch and return the loss dict (loss has the graph)."""
+    frames, masks, labels = batch["frames"], batch["masks"], batch["labels"]  # B,T,3,H,W ; B,T,N,H,W ; B,T,H,W
+    num_objects = batch["num_objects"]  # B
+    t = frames.shape[1]
+    out = rollout(student, frames, masks[:, 0], num_objects, queue_len)
+    target = labels[:, 1:].transpose(0, 1).flatten(0, 1)  # (T-1)*B,H,W frame-major like the rollout
+    objects = num_objects.repeat(t - 1)
+    kwargs = {}
+    if teacher is not None:
+        with torch.no_grad():
+            reference = rollout(teacher, frames, masks[:, 0], num_objects, None)
+        if criterion.logit_weight > 0:
+            kwargs["teacher_logits"] = reference.logits
+        if criterion.repr_weight > 0:
+            kwargs.update(z_student=out.z, z_teacher=reference.z)
+    return criterion(out.logits, target, iteration, num_objects=objects, **kwargs)
+
+
+# -------------------------------------------------------------------------------------------- data
+
+
+def build_dataset(config: TrainConfig):
+    from dataclasses import replace
+
+    from mvos.training.clips import STATIC_AUGMENT, Augment, StaticImageDataset, VideoClipDataset, \
+        find_image_mask_pairs
+
+    data = config.data
+    base = STATIC_AUGMENT if config.stage == "static" else Augment()
+    try:
+        augment = replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in data.augment.items()})
+    except TypeError as exc:
+        raise MvosError(f"config: data.augment: {exc}") from None
+    common = dict(num_frames=data.clip_frames, crop=data.crop, max_objects=data.max_objects, augment=augment)
+    if config.stage == "static":
+        pairs = find_image_mask_pairs(Path(data.image_root), Path(data.mask_root) if data.mask_root else None)
+        return StaticImageDataset(pairs, **common)
+    from torch.utils.data import ConcatDataset
+
+    from mvos.training.datasets import load_dataset
+
+    parts = []
+    for i, source in enumerate(data.sources):
+        sequences = load_dataset(source.dataset, Path(source.root), source.split, source.sequences)
+        unknown = sorted(set(source.exclude) - {s.name for s in sequences})
+        if unknown:
+            raise MvosError(f"config: data.sources[{i}].exclude names {unknown[0]}, which is not in split "
+                            f"{source.split!r} of {source.root}")
+        sequences = [s for s in sequences if s.name not in set(source.exclude)]
+        if not sequences:
+            raise MvosError(f"config: data.sources[{i}] has no sequences left after its exclude list")
+        clips = VideoClipDataset(sequences, dataset=source.dataset, max_gap=data.max_gap, **common)
+        parts += [clips] * source.repeat
+    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+
+def next_batch(dataset, batch_size: int) -> dict:
+    """A batch of random clips drawn with torch's global generator, so the RNG state saved in a checkpoint
+    decides every later batch (resumed runs see the batches an uninterrupted run would)."""
+    items = [dataset[int(i)] for i in torch.randint(len(dataset), (batch_size,))]
+    return {"frames": torch.stack([x["frames"] for x in items]), "masks": torch.stack([x["masks"] for x in items]),
+            "labels": torch.stack([x["labels"] for x in items]),
+            "num_objects": torch.tensor([x["num_objects"] for x in items])}
+
+
+# ------------------------------------------------------------------------------------------- models
+
+
+def build_student(config: TrainConfig) -> MobileVOS:
+    spec = config.student
+    if spec.init:
+        from mvos.runtime.checkpoint import load_checkpoint
+
+        if spec.overrides:
+            raise MvosError("config: student.overrides cannot change a model loaded from student.init")
+        return load_checkpoint(spec.init, expect_variant=spec.variant)
+    model = build_model(spec.variant, backbone_weights=spec.backbone_weights, **spec.overrides)
+    if spec.backbone_weights is None and spec.pretrained_effnet and model.config.key_encoder == "efficientnet-lite0":
+        load_pretrained_effnet_lite0(model)
+    return model
+
+
+def build_criterion(config: TrainConfig, student: nn.Module, teacher: nn.Module | None) -> DistillationLoss:
+    loss = config.loss
+    return DistillationLoss(
+        decoder_channels(student), decoder_channels(teacher if teacher is not None else student),
+        w=loss.w, tau=loss.tau, xe_weight=loss.xe_weight, logit_weight=loss.logit_weight,
+        repr_weight=loss.repr_weight, poly_epsilon=loss.poly_epsilon, top_p_start=loss.top_p_start,
+        top_p_end=loss.top_p_end, top_p_hold_iters=loss.top_p_hold_iters,
+        top_p_warmup_iters=loss.top_p_warmup_iters, band=loss.band, max_pixels=loss.max_pixels)
+
+
+# ----------------------------------------------------------------------------------------- validation
+
+
+def score_model(model: MobileVOS, dataset: str, root: str | Path, split: str, sequences: list[str] | None,
+                size: int | None, queue_len: int = 2) -> dict[str, float]:
+    """J, F and J&F means of `model` with the fixed-queue engine (as at test time) on whole sequences."""
+    from mvos.training.datasets import load_dataset
+    from mvos.training.evaluate import RunStats, score_results, segment_sequence
+
+    seqs = load_dataset(dataset, Path(root), split, sequences)
+    segmenter = Segmenter(model, queue_len=queue_len, memory="fixed", size=size)
+    with tempfile.TemporaryDirectory(prefix="mvos-val-") as tmp:
+        for seq in seqs:
+            segment_sequence(segmenter, dataset, seq, Path(tmp) / seq.name, RunStats())
+        scores = score_results(dataset, seqs, Path(tmp)).global_results()
+    return {"val_J": scores["J-Mean"], "val_F": scores["F-Mean"], "val_JF": scores["J&F-Mean"]}
+
+
+# -------------------------------------------------------------------------------------------- logging
+
+
+class RunLog:
+    """log.csv (one row per logged or validated iteration) and loss.png, both rewritten atomically."""
+
+    def __init__(self, run_dir: Path):
+        self.csv_path, self.png_path = run_dir / "log.csv", run_dir / "loss.png"
+        self.rows: dict[int, dict] = {}
+
+    def load(self, upto: int) -> None:
+        """Rows of a resumed run up to its checkpoint; later ones are redone."""
+        if not self.csv_path.is_file():
+            return
+        with open(self.csv_path, newline="") as f:
+            for row in csv.DictReader(f):
+                if int(row["iteration"]) <= upto:
+                    self.rows[int(row["iteration"])] = {k: v for k, v in row.items() if v not in ("", None)}
+
+    def update(self, iteration: int, **values) -> None:
+        self.rows.setdefault(iteration, {"iteration": iteration}).update(values)
+
+    def write(self) -> None:
+        with atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, LOG_COLUMNS)
+            writer.writeheader()
+            for iteration in sorted(self.rows):
+                writer.writerow({k: _fmt(v) for k, v in self.rows[iteration].items()})
+
+    def column(self, name: str) -> tuple[list[int], list[float]]:
+        points = [(i, float(r[name])) for i, r in sorted(self.rows.items()) if r.get(name) not in (None, "")]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    def plot(self, title: str) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name in ("loss", "xe", "logit", "repr"):
+            x, y = self.column(name)
+            if x and any(v != 0 for v in y):
+                ax.plot(x, y, label=name, linewidth=1.2 if name == "loss" else 0.8)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("loss")
+        ax.set_title(title, fontsize=9)
+        x, y = self.column("val_JF")
+        if x:
+            val_ax = ax.twinx()
+            val_ax.plot(x, y, "k--o", markersize=3, label="val J&F")
+            val_ax.set_ylabel("validation J&F")
+            val_ax.legend(loc="upper right", fontsize=8)
+        ax.legend(loc="upper left", fontsize=8)
+        fig.tight_layout()
+        with atomic_path(self.png_path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+        plt.close(fig)
+
+
+def _fmt(value) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+# ----------------------------------------------------------------------------------------- checkpoints
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+@dataclass
+class Trainer:
+    config: TrainConfig
+    progress: bool = True
+
+    def __post_init__(self):
+        config = self.config
+        self.run_dir = Path(config.run_dir)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed)
+        random.seed(config.seed)
+        self.dataset = build_dataset(config)
+        self.student = build_student(config)
+        self.teacher = None
+        if config.distills:
+            self.teacher = build_teacher(config.teacher.model, config.teacher.weights, top_k=config.teacher.top_k)
+        elif config.teacher.model:
+            click.echo("note: the teacher is not run: loss.logit_weight and loss.repr_weight are 0", err=True)
+        self.criterion = build_criterion(config, self.student, self.teacher)
+        params = [p for p in self.student.parameters() if p.requires_grad] + list(self.criterion.parameters())
+        self.optimizer = torch.optim.Adam(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, config.optim.lr_steps,
+                                                              config.optim.lr_gamma)
+        self.log = RunLog(self.run_dir)
+        self.iteration = 0
+
+    # ---- state -----------------------------------------------------------------------------------------
+
+    def save(self, path: Path) -> None:
+        save_checkpoint(path, self.student, iteration=self.iteration, stage=self.config.stage,
+                        train_config=self.config.to_dict(), optimizer=self.optimizer.state_dict(),
+                        scheduler=self.scheduler.state_dict(), criterion=self.criterion.state_dict(),
+                        rng=_rng_state())
+
+    def resume(self, path: Path) -> None:
+        from mvos.runtime.backbones import check_state_dict
+
+        state = read_checkpoint(path)
+        if "optimizer" not in state:
+            raise MvosError(f"{path} holds no training state (optimiser, RNG): it cannot be resumed")
+        if state["variant"] != self.student.variant:
+            raise MvosError(f"{path} is a {state['variant']} run but the config trains {self.student.variant}")
+        check_state_dict(self.student.state_dict(), state["model"], f"the {self.student.variant} model in {path}")
+        self.student.load_state_dict(state["model"])
+        self.criterion.load_state_dict(state["criterion"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        self.iteration = int(state["iteration"])
+        self.log.load(self.iteration)
+
+    # ---- the loop --------------------------------------------------------------------------------------
+
+    def run(self) -> Path:
+        config = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        _write_config(self.run_dir / "config.yaml", config)
+        set_train_mode(self.student, config.optim.freeze_bn)
+        window: dict[str, float] = {}
+        window_steps, window_time = 0, 0.0
+        bar = tqdm(total=config.iterations, initial=self.iteration, desc=f"train {config.stage}", unit="it",
+                   dynamic_ncols=True, disable=not self.progress)
+        while self.iteration < config.iterations:
+            start = time.perf_counter()
+            losses = self._step()
+            window_time += time.perf_counter() - start
+            window_steps += 1
+            self.iteration += 1
+            values = {name: float(losses[name].detach()) for name in ("loss", "xe", "logit", "repr")}
+            for name, value in values.items():
+                window[name] = window.get(name, 0.0) + value
+            bar.update(1)
+            bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{self._lr():.2g}", refresh=False)
+            last = self.iteration == config.iterations
+            if self.iteration % config.log_every == 0 or last:
+                self.log.update(self.iteration, **{k: v / window_steps for k, v in window.items()},
+                                top_p=float(losses["top_p"]), lr=self._lr(), it_per_s=window_steps / window_time)
+                self.log.write()
+                window, window_steps, window_time = {}, 0, 0.0
+            if config.val.sequences and (self.iteration % config.val.every == 0 or last):
+                self._validate(bar)
+            if self.iteration % config.checkpoint_every == 0 or last:
+                self._checkpoint()
+        bar.close()
+        final = self.run_dir / FINAL
+        save_checkpoint(final, self.student, iteration=self.iteration, stage=config.stage,
+                        train_config=config.to_dict())
+        return final
+
+    def _step(self) -> dict[str, torch.Tensor]:
+        batch = next_batch(self.dataset, self.config.batch_size)
+        losses = training_step(self.student, self.teacher, self.criterion, batch, self.iteration,
+                               self.config.student.queue_len)
+        if not torch.isfinite(losses["loss"]):
+            raise MvosError(f"the loss is {float(losses['loss'])} at iteration {self.iteration + 1}; "
+                            f"lower optim.lr or set optim.grad_clip")
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        if self.config.optim.grad_clip:
+            nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.config.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return losses
+
+    def _lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _validate(self, bar: tqdm) -> None:
+        val = self.config.val
+        # The engine's own RNG use (none today) must not shift the training batches: keep the state.
+        rng = _rng_state()
+        scores = score_model(self.student, val.dataset, val.root, val.split, val.sequences, val.size,
+                             self.config.student.queue_len)
+        _set_rng_state(rng)
+        set_train_mode(self.student, self.config.optim.freeze_bn)
+        self.log.update(self.iteration, **scores)
+        self.log.write()
+        bar.write(f"iteration {self.iteration}: validation J&F {scores['val_JF']:.4f} "
+                  f"(J {scores['val_J']:.4f}, F {scores['val_F']:.4f})")
+
+    def _checkpoint(self) -> None:
+        self.save(self.run_dir / LATEST)
+        if self.config.keep_snapshots:
+            save_checkpoint(self.run_dir / "snapshots" / f"iter_{self.iteration:07d}.pth", self.student,
+                            iteration=self.iteration, stage=self.config.stage, train_config=self.config.to_dict())
+        self.log.plot(f"{self.config.stage}: {self.student.variant} ({self.run_dir.name})")
+
+
+def _write_config(path: Path, config: TrainConfig) -> None:
+    import yaml
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Runs (or resumes) a training run; returns the path of final.pth."""
+    latest = Path(config.run_dir) / LATEST
+    if latest.exists() and not resume:
+        raise MvosError(f"{config.run_dir} already holds a run ({LATEST}); pass --resume to continue it "
+                        f"or choose another run_dir")
+    trainer = Trainer(config, progress=progress)
+    if resume and latest.exists():
+        trainer.resume(latest)
+        click.echo(f"resuming {config.run_dir} from iteration {trainer.iteration}", err=True)
+    elif resume:
+        click.echo(f"no checkpoint in {config.run_dir} yet: starting from iteration 0", err=True)
+    return trainer.run()
+
+
+@click.command("train")
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
+              help="YAML or TOML training config (see configs/).")
+@click.argument("overrides", nargs=-1)
+@click.option("--teacher", default=None, help="'stcn' (with --teacher-weights) or a mobilevos checkpoint.")
+@click.option("--teacher-weights", type=click.Path(path_type=Path), default=None,
+              help="The published STCN state_dict (stcn.pth) for --teacher stcn.")
+@click.option("--run-dir", type=click.Path(path_type=Path), default=None, help="Overrides run_dir.")
+@click.option("--resume", is_flag=True, help="Continue the run in run_dir from its latest checkpoint.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train_command(config_path: Path, overrides: tuple[str, ...], teacher: str | None, teacher_weights: Path | None,
+                  run_dir: Path | None, resume: bool, quiet: bool) -> None:
+    """Train a student: mvos train --config FILE [section.key=value ...].
+
+    Paths in the config are relative to the current folder.
+    """
+    data = apply_overrides(read_config_file(config_path), list(overrides))
+    if teacher is not None:
+        data.setdefault("teacher", {})["model"] = teacher
+    if teacher_weights is not None:
+        data.setdefault("teacher", {})["weights"] = str(teacher_weights)
+    if run_dir is not None:
+        data["run_dir"] = str(run_dir)
+    config = TrainConfig.from_dict(data)
+    final = train(config, resume=resume, progress=not quiet)
+    click.echo(f"wrote {final} (log: {Path(config.run_dir) / 'log.csv'}, curve: {Path(config.run_dir) / 'loss.png'})")
