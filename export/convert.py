@@ -1,0 +1,106 @@
+"""PyTorch graph -> .tflite bytes (litert-torch), and fp32 bytes -> fp16 / int8 variants (ai-edge-quantizer).
+
+Quantised files are made from the fp32 flatbuffer, so each subgraph is traced and lowered once whatever the
+precisions asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+
+import torch
+
+from mvos.export.subgraphs import GraphSpec
+from mvos.runtime.errors import MvosError
+
+PRECISION_HELP = {
+    "fp32": "float32 weights and activations",
+    "fp16": "float16 weights (dequantised to float32 at load), float32 activations",
+    "int8": "int8 dynamic-range: int8 per-channel weights, activations quantised on the fly",
+}
+
+
+class ConversionError(MvosError):
+    """One subgraph/precision failed to convert; the message carries the converter's last words."""
+
+
+@contextlib.contextmanager
+def captured_native_output() -> Iterator[list[str]]:
+    """Routes the converters' C++ logging (written straight to fd 1/2, not through Python) to a temporary file;
+    the yielded list receives its last lines, for error messages."""
+    tail: list[str] = []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield tail
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            lines = sink.read().decode("utf-8", "replace").splitlines()
+            tail.extend(line for line in lines[-20:] if line.strip())
+
+
+def _error_line(exc: BaseException, tail: list[str]) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    hint = next((line for line in reversed(tail) if "error" in line.lower()), "")
+    return f"{type(exc).__name__}: {first}" + (f" ({hint.strip()[:200]})" if hint else "")
+
+
+def convert_graph(spec: GraphSpec) -> bytes:
+    """Trace and lower one subgraph with named inputs (sample kwargs) and dict outputs (named outputs)."""
+    import litert_torch
+
+    litert_torch.config.show_progress = False
+    sample = {name: torch.zeros(shape) for name, shape in spec.inputs.items()}
+    with captured_native_output() as tail:
+        try:
+            edge = litert_torch.convert(spec.module.eval(), sample_kwargs=sample)
+            return bytes(edge.model_content())
+        except Exception as exc:  # the converter raises anything from torch.export to MLIR errors
+            error = exc
+    raise ConversionError(f"{spec.key}: litert-torch conversion failed: {_error_line(error, tail)}")
+
+
+def _recipe(precision: str):
+    from ai_edge_quantizer import algorithm_manager, qtyping, recipe, recipe_manager
+
+    if precision == "int8":
+        return recipe.dynamic_wi8_afp32()
+    if precision == "fp16":
+        manager = recipe_manager.RecipeManager()
+        manager.add_weight_only_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                                       num_bits=16, algorithm_key=algorithm_manager.AlgorithmName.FLOAT_CASTING)
+        return manager.get_quantization_recipe()
+    raise ValueError(f"no quantisation recipe for {precision}")
+
+
+def quantize(fp32: bytes, precision: str, what: str = "") -> bytes:
+    """The fp16-weight or int8 dynamic-range variant of an fp32 flatbuffer; fp32 passes through."""
+    if precision == "fp32":
+        return fp32
+    from ai_edge_quantizer import quantizer
+
+    with captured_native_output() as tail:
+        try:
+            result = quantizer.Quantizer(bytearray(fp32), _recipe(precision)).quantize(enable_progress_report=False)
+            return bytes(result.quantized_model)
+        except Exception as exc:  # ai-edge-quantizer raises plain Exceptions for unsupported graphs
+            error = exc
+    raise ConversionError(f"{what}: {precision} quantisation failed: {_error_line(error, tail)}")

@@ -1,0 +1,235 @@
+"""The three fixed-shape graphs a phone runs, as torch modules with named inputs and outputs.
+
+Each wraps the model's own stage methods (the decoder goes through `TorchBackend.decode`, the same code the
+PyTorch engine runs), so the only things here are the explicit memory state and two conversion workarounds,
+both numerically exact and checked by the parity tests against the unmodified model.
+
+Shapes: H,W input size; h,w = H/16,W/16; Ck key dim; Cv value dim; T queue length; N max objects.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mvos.runtime.errors import MvosError
+from mvos.runtime.inference import TorchBackend
+from mvos.runtime.memory import MAX_QUEUE_LEN
+from mvos.runtime.model import STRIDE, KeyFeatures, MobileVOS, soft_aggregate
+from mvos.runtime.modules import ASPP
+
+SUBGRAPHS = ("key_encoder", "value_encoder", "decoder")
+
+# What each named tensor is, for the manifest (the Android app and the device benchmark read these).
+MEANINGS = {
+    "frame": "RGB frame in [0,1] normalised by (x-mean)/std, zero-padded bottom/right to the input size",
+    "key": "query key of the frame (also what the host writes into a memory slot)",
+    "value": "query value: compressed stride-16 features (STCN key_comp) fed to the decoder",
+    "f16": "stride-16 backbone features (input of the value encoder)",
+    "f8": "stride-8 skip features for the decoder",
+    "f4": "stride-4 skip features for the decoder",
+    "mask": "the object's probability map (aggregated result of the frame), 0..1",
+    "others": "sum of the other objects' probabilities, clamped to 0..1",
+    "mem_keys": "memory keys, one slot per row: slot 0 = reference frame, 1..T-1 = recent frames (ring)",
+    "mem_values": "memory values, one slot per row; object i uses channels i*Cv..(i+1)*Cv-1 (zeros = unused)",
+    "logits": "per-object mask logits (sigmoid = object probability), before aggregation",
+    "probs": "soft-aggregated probabilities, background first then objects 1..N (sum to 1 per pixel)",
+}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'480x864' (HxW) or '480' (square) -> (H, W), each a positive multiple of the stride."""
+    try:
+        parts = [int(p) for p in text.lower().replace(",", "x").split("x")]
+    except ValueError:
+        raise MvosError(f"size {text!r} is not HxW (e.g. 480x864)") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2:
+        raise MvosError(f"size {text!r} is not HxW (e.g. 480x864)")
+    return check_size(tuple(parts))
+
+
+def check_size(size: tuple[int, int]) -> tuple[int, int]:
+    h, w = (int(s) for s in size)
+    if h <= 0 or w <= 0 or h % STRIDE or w % STRIDE:
+        raise MvosError(f"input size {h}x{w} must be positive multiples of {STRIDE} (the network stride), "
+                        f"e.g. {max(1, round(h / STRIDE)) * STRIDE}x{max(1, round(w / STRIDE)) * STRIDE}")
+    return h, w
+
+
+def check_queue_len(queue_len: int) -> int:
+    if not isinstance(queue_len, int) or not 1 <= queue_len <= MAX_QUEUE_LEN:
+        raise MvosError(f"queue length must be in 1..{MAX_QUEUE_LEN}, got {queue_len}")
+    return queue_len
+
+
+# ------------------------------------------------------------------------------------- conversion fixes
+
+
+class BroadcastPool(nn.Module):
+    """ASPP's image-pooling branch, already at the feature size. ASPP broadcasts the pooled 1x1 map with
+    `expand`; litert-torch 0.10 lowers that (after the pooling conv/BN/ReLU) to a BROADCAST_TO with an NHWC
+    target on an NCHW input, which the interpreter refuses to prepare. A nearest resize of a 1x1 map is the
+    same values and a GPU-delegate op; ASPP's own expand then sees the full size and is a no-op."""
+
+    def __init__(self, pool: nn.Module, size: tuple[int, int]):
+        super().__init__()
+        self.pool = pool
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.pool(x), size=self.size, mode="nearest")  # B,C,1,1 -> B,C,h,w
+
+
+def exportable(model: MobileVOS, size: tuple[int, int]) -> MobileVOS:
+    """A copy of the model whose ASPP converts (see BroadcastPool); the caller's model is left untouched."""
+    model = copy.deepcopy(model).eval()
+    feature_size = (size[0] // STRIDE, size[1] // STRIDE)
+    for module in model.modules():
+        if isinstance(module, ASPP) and not isinstance(module.pool, BroadcastPool):
+            module.pool = BroadcastPool(module.pool, feature_size)
+    return model
+
+
+def _tile_batch(x: torch.Tensor, n: int) -> torch.Tensor:
+    """1,... -> n,... by concatenation. `repeat_interleave` (what `MobileVOS.decode` uses for objects)
+    lowers to the same broken BROADCAST_TO; CONCATENATION converts and runs on GPU delegates."""
+    return x if n == 1 else torch.cat([x] * n, dim=0)
+
+
+# ---------------------------------------------------------------------------------------------- subgraphs
+
+
+class KeyEncoderGraph(nn.Module):
+    def __init__(self, model: MobileVOS):
+        super().__init__()
+        self.model = model
+
+    def forward(self, frame: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.encode_key(frame)._asdict()  # frame 1,3,H,W -> key, value, f16, f8, f4
+
+
+class ValueEncoderGraph(nn.Module):
+    """One object per call (batch 1); the host runs it once per object."""
+
+    def __init__(self, model: MobileVOS):
+        super().__init__()
+        self.model = model
+
+    def forward(self, f16: torch.Tensor, mask: torch.Tensor, others: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"value": self.model.encode_value(f16, mask, others)}  # 1,C16,h,w ; 1,1,H,W x2 -> 1,Cv,h,w
+
+
+class DecoderGraph(nn.Module):
+    """Query features + the explicit memory state (T slots) -> per-object logits and aggregated probs."""
+
+    def __init__(self, model: MobileVOS, max_objects: int = 1):
+        super().__init__()
+        self.backend = TorchBackend(model)
+        self.model = model  # registers the weights with this module
+        self.max_objects = max_objects
+
+    def forward(self, key: torch.Tensor, value: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor,
+                mem_keys: torch.Tensor, mem_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        # key, value 1,C,h,w ; f8 1,C8,2h,2w ; f4 1,C4,4h,4w ; mem_keys T,Ck,h,w ; mem_values T,N*Cv,h,w
+        n = self.max_objects
+        features = KeyFeatures(key, _tile_batch(value, n), None, _tile_batch(f8, n), _tile_batch(f4, n))
+        logits = self.backend.decode(features, mem_keys, mem_values, n)  # N,1,H,W
+        return {"logits": logits, "probs": soft_aggregate(torch.sigmoid(logits), dim=0)}  # N+1,1,H,W
+
+
+# ----------------------------------------------------------------------------------------- shapes/inputs
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """A subgraph to convert: its module, input shapes in signature order, output names in order."""
+
+    subgraph: str
+    queue_len: int | None
+    size: tuple[int, int]  # H,W of the frame
+    module: nn.Module
+    inputs: dict[str, tuple[int, ...]]
+    outputs: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return self.subgraph if self.queue_len is None else f"decoder_T{self.queue_len}"
+
+    @property
+    def filename(self) -> str:
+        return f"{self.key}.tflite"
+
+
+def feature_shapes(model: MobileVOS, size: tuple[int, int]) -> dict[str, tuple[int, ...]]:
+    """Shapes of the key encoder's outputs at this input size (traced on the meta device: no compute)."""
+    with torch.device("meta"):
+        frame = torch.empty(1, 3, *size)
+    meta = copy.deepcopy(model).to("meta")
+    with torch.no_grad():
+        features = meta.encode_key(frame)
+    return {name: tuple(t.shape) for name, t in features._asdict().items()}
+
+
+def graph_specs(model: MobileVOS, size: tuple[int, int], queue_lens: list[int], max_objects: int = 1,
+                subgraphs: tuple[str, ...] = SUBGRAPHS) -> list[GraphSpec]:
+    """The graphs of one export. `model` must come from `exportable`."""
+    size = check_size(size)
+    shapes = feature_shapes(model, size)
+    h, w = size
+    ck, cv = shapes["key"][1], model.config.value_dim
+    fh, fw = shapes["key"][2:]
+    specs = []
+    if "key_encoder" in subgraphs:
+        specs.append(GraphSpec("key_encoder", None, size, KeyEncoderGraph(model).eval(), {"frame": (1, 3, h, w)},
+                               KeyFeatures._fields))
+    if "value_encoder" in subgraphs:
+        specs.append(GraphSpec("value_encoder", None, size, ValueEncoderGraph(model).eval(),
+                               {"f16": shapes["f16"], "mask": (1, 1, h, w), "others": (1, 1, h, w)}, ("value",)))
+    if "decoder" in subgraphs:
+        for t in queue_lens:
+            check_queue_len(t)
+            inputs = {"key": shapes["key"], "value": shapes["value"], "f8": shapes["f8"], "f4": shapes["f4"],
+                      "mem_keys": (t, ck, fh, fw), "mem_values": (t, max_objects * cv, fh, fw)}
+            specs.append(GraphSpec("decoder", t, size, DecoderGraph(model, max_objects).eval(), inputs,
+                                   ("logits", "probs")))
+    return specs
+
+
+def sample_inputs(spec: GraphSpec, model: MobileVOS, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random inputs with the statistics the graph sees in use: features come from running the model's key
+    and value encoders on random frames and soft random masks (so int8/fp16 errors are measured where the
+    activations actually live, not on unit Gaussians)."""
+    g = torch.Generator().manual_seed(seed)
+    n_frames = spec.queue_len or 1
+    h, w = spec.size
+    frames = torch.randn(n_frames + 1, 3, h, w, generator=g)
+    if spec.subgraph == "key_encoder":
+        return {"frame": frames[:1]}
+    with torch.no_grad():
+        features = [model.encode_key(frames[i:i + 1]) for i in range(n_frames + 1)]
+    if spec.subgraph == "value_encoder":
+        mask, others = _soft_masks(g, 2, h, w).split(1)
+        return {"f16": features[0].f16, "mask": mask, "others": others}
+    n = spec.inputs["mem_values"][1] // model.config.value_dim
+    keys, values = [], []
+    with torch.no_grad():
+        for f in features[1:]:
+            masks = _soft_masks(g, n, h, w)
+            others = (masks.sum(0, keepdim=True) - masks).clamp(0, 1)
+            keys.append(f.key[0])
+            values.append(model.encode_value(f.f16, masks, others).reshape(-1, *f.key.shape[2:]))
+    query = features[0]
+    return {"key": query.key, "value": query.value, "f8": query.f8, "f4": query.f4,
+            "mem_keys": torch.stack(keys), "mem_values": torch.stack(values)}
+
+
+def _soft_masks(g: torch.Generator, n: int, h: int, w: int) -> torch.Tensor:
+    """n,1,h,w random blobs in 0..1 with soft edges, like aggregated probabilities."""
+    coarse = torch.rand(n, 1, max(2, h // 16), max(2, w // 16), generator=g)
+    return torch.sigmoid(12 * (F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False) - 0.6))

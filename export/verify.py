@@ -1,0 +1,128 @@
+"""Proof that the exported files compute what the PyTorch model computes: per-subgraph output differences on
+random inputs, and end-to-end masks on a generated video (TFLite runtime vs PyTorch through the same
+`Segmenter`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from mvos.runtime.inference import Segmenter, TorchBackend
+from mvos.runtime.model import MobileVOS
+from mvos.runtime.tflite import TFLiteBackend
+
+FP32_MIN_IOU = 0.99  # the issue's bar for fp32 end to end
+FP32_MAX_REL_DIFF = 1e-3  # per subgraph output, relative to the output's largest magnitude
+TIE_MARGIN = 1e-3  # probability margin below which a pixel's label is a tie, left out of the IoU
+
+
+def interpreter_outputs(content: bytes, inputs: dict[str, np.ndarray], threads: int | None = None) -> dict:
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_content=content, num_threads=threads).get_signature_runner()
+    return runner(**{k: np.ascontiguousarray(v, np.float32) for k, v in inputs.items()})
+
+
+def signature_details(content: bytes) -> dict:
+    """{"inputs": {name: detail}, "outputs": {name: detail}} of the default signature; raises whatever the
+    interpreter raises for a graph it cannot load (e.g. STABLEHLO ops)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=content)
+    interpreter.allocate_tensors()  # runs every op's prepare: shape errors surface here, not on the phone
+    runner = interpreter.get_signature_runner()
+    return {"inputs": runner.get_input_details(), "outputs": runner.get_output_details()}
+
+
+def output_parity(outputs: dict[str, np.ndarray], reference: dict[str, torch.Tensor],
+                  rename: dict[str, str]) -> dict:
+    """rename: signature output -> meaning. Max |diff| per output, absolute and relative to max |reference|."""
+    absolute, relative = {}, {}
+    for key, value in outputs.items():
+        name = rename[key]
+        ref = reference[name].detach().numpy()
+        diff = float(np.abs(value - ref).max())
+        absolute[name] = diff
+        relative[name] = diff / max(float(np.abs(ref).max()), 1e-12)
+    return {"max_abs_diff": absolute, "max_rel_diff": relative}
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+
+def synthetic_video(size: tuple[int, int], num_frames: int = 6, seed: int = 0):
+    """Frames (num_frames of H,W,3 uint8, H,W = size less a quarter of the width, so the runtime pads) with
+    two moving ellipses given in frame 0 and a third object given in frame 2 (a second object group).
+    Returns frames and {frame index: mask}."""
+    rng = np.random.default_rng(seed)
+    h, w = size[0], max(16, size[1] - size[1] // 4)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = cv2.resize(rng.uniform(0, 255, (max(2, h // 8), max(2, w // 8), 3)).astype(np.float32), (w, h))
+    colours = rng.uniform(0, 255, (3, 3))
+    starts = rng.uniform(0.25, 0.75, (3, 2)) * (h, w)
+    speeds = rng.uniform(-0.04, 0.04, (3, 2)) * (h, w)
+    radii = rng.uniform(0.12, 0.22, (3, 2)) * (h, w)
+    frames, masks = [], {}
+    for t in range(num_frames):
+        frame = base.copy()
+        ids = np.zeros((h, w), np.uint8)
+        for k in range(3):
+            cy, cx = starts[k] + t * speeds[k]
+            inside = ((yy - cy) / radii[k][0]) ** 2 + ((xx - cx) / radii[k][1]) ** 2 <= 1
+            frame[inside] = colours[k]
+            ids[inside] = k + 1
+        frames.append(np.clip(frame + rng.normal(0, 6, frame.shape), 0, 255).astype(np.uint8))
+        if t == 0:
+            masks[0] = np.where(ids <= 2, ids, 0).astype(np.uint8)
+        elif t == 2:
+            masks[2] = np.where(ids == 3, 3, 0).astype(np.uint8)
+    return frames, masks
+
+
+def run_video(segmenter: Segmenter, frames: list[np.ndarray], masks: dict[int, np.ndarray]) -> list[np.ndarray]:
+    """Probabilities (1+N,H,W, background first, objects in `segmenter.object_ids` order) of every frame."""
+    out = []
+    for index, frame in enumerate(frames):
+        given = masks.get(index)
+        objects = [int(i) for i in np.unique(given) if i] if given is not None else None
+        out.append(segmenter.step(frame, given, objects))
+    return out
+
+
+def mask_agreement(expected: list[np.ndarray], got: list[np.ndarray], tie_margin: float = TIE_MARGIN) -> dict:
+    """Mean over frames and objects of the IoU between argmax masks, ignoring pixels where the reference's
+    two best classes are within `tie_margin` (a random-init model is nearly uniform there, so any correct
+    implementation may pick either); both empty counts as agreement. Also the largest probability difference,
+    the continuous measure the masks come from."""
+    scores, ties, pixels, max_diff = [], 0, 0, 0.0
+    for ref, out in zip(expected, got):
+        top2 = np.sort(ref, axis=0)[-2:]
+        decisive = (top2[1] - top2[0]) >= tie_margin
+        a, b = ref.argmax(0), out.argmax(0)
+        for label in range(1, ref.shape[0]):  # objects present in this frame
+            x, y = (a == label) & decisive, (b == label) & decisive
+            union = np.logical_or(x, y).sum()
+            scores.append(1.0 if union == 0 else np.logical_and(x, y).sum() / union)
+        ties += int((~decisive).sum())
+        pixels += decisive.size
+        max_diff = max(max_diff, float(np.abs(ref - out).max()))
+    return {"mean_iou": float(np.mean(scores)) if scores else 1.0, "max_prob_diff": max_diff,
+            "tie_fraction": ties / max(pixels, 1)}
+
+
+def end_to_end(model: MobileVOS, model_dir: Path, precision: str, queue_len: int, threads: int | None = None,
+               num_frames: int = 6) -> dict:
+    """Segment the generated video with the exported files and with PyTorch at the same fixed size."""
+    tflite = TFLiteBackend(model_dir, queue_len=queue_len, threads=threads, precision=precision)
+    torch_backend = TorchBackend(model)
+    torch_backend.fixed_size = tflite.fixed_size  # same resize/pad geometry as the exported graphs
+    frames, masks = synthetic_video(tflite.fixed_size, num_frames)
+    with torch.inference_mode():
+        expected = run_video(Segmenter(torch_backend, queue_len=queue_len, size=None), frames, masks)
+        got_segmenter = Segmenter(tflite, queue_len=queue_len, size=None)
+        got = run_video(got_segmenter, frames, masks)
+    return {"precision": precision, "queue_len": queue_len, **mask_agreement(expected, got),
+            "frames": num_frames, "objects": len(got_segmenter.object_ids)}
