@@ -10,7 +10,7 @@ from mvos.runtime.checkpoint import save_checkpoint
 from mvos.runtime.errors import MvosError
 from mvos.runtime.model import build_model
 from mvos.training.stcn import STCN_KEY_PREFIXES, STCN, ValueEncoder, build_stcn, encode_value, load_stcn_state, load_stcn_weights
-from mvos.training.teacher import build_teacher, build_teacher_engine
+from mvos.training.teacher import build_teacher, build_teacher_segmenter
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def test_fuser_concatenates_mask_features_before_key_features():
 
 def test_engine_runs_stcn_with_unbounded_memory_every_5_and_top_k_20():
     torch.manual_seed(0)
-    engine = build_teacher_engine("stcn", allow_random=True, size=32)
+    engine = build_teacher_segmenter("stcn", size=32)
     assert engine.describe()["config"]["top_k"] == 20 and engine.memory == "unbounded"
     rng = np.random.default_rng(0)
     mask = np.zeros((32, 48), np.uint8)
@@ -176,6 +176,6 @@ def test_engine_runs_stcn_with_unbounded_memory_every_5_and_top_k_20():
 def test_engine_from_a_mobilevos_checkpoint_gets_top_k(tmp_path):
     path = tmp_path / "teacher.pth"
     save_checkpoint(path, build_model("mobilenetv2-noaspp"))
-    engine = build_teacher_engine(str(path), size=32, top_k=20)
+    engine = build_teacher_segmenter(str(path), size=32, top_k=20)
     assert engine.describe()["variant"] == "mobilenetv2-noaspp"
     assert engine.describe()["config"]["top_k"] == 20 and engine.memory == "unbounded"

@@ -1,7 +1,7 @@
 """The distillation teacher: the official STCN (`stcn` + its published weights) or any mobilevos checkpoint.
 
 Training runs it frozen, under no_grad, on the student's augmented clips with unbounded memory (every
-previous frame of the clip). `build_teacher_engine` wraps it in the inference `Segmenter` with STCN's
+previous frame of the clip). `build_teacher_segmenter` wraps it in the inference `Segmenter` with STCN's
 growing memory (a frame every 5, top-k 20), for benchmarks and evaluation.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import click
 import torch
 from torch import nn
 
@@ -69,11 +70,14 @@ def teacher_backend(model: STCN | MobileVOS) -> TorchBackend:
     return STCNBackend(model) if isinstance(model, STCN) else TorchBackend(model)
 
 
-def build_teacher_engine(spec: str = "stcn", weights: str | Path | None = None, *, size: int | None = 480,
-                         mem_every: int = STCN_MEM_EVERY, top_k: int | None = STCN_TOP_K,
-                         allow_random: bool = False) -> Segmenter:
+def build_teacher_segmenter(spec: str = "stcn", weights: str | Path | None = None, *, size: int | None = 480,
+                            mem_every: int = STCN_MEM_EVERY, top_k: int | None = STCN_TOP_K,
+                            allow_random: bool = True) -> Segmenter:
     """The teacher as STCN runs it at test time: unbounded memory (reference + every `mem_every`-th frame +
-    the last frame), top-k read. For a mobilevos checkpoint `top_k` replaces its own setting."""
+    the last frame), top-k read; for a mobilevos checkpoint `top_k` replaces its own setting. STCN without
+    weights is allowed here (with a warning) because its speed does not depend on them."""
+    if spec == "stcn" and weights is None and allow_random:
+        click.echo("warning: STCN without --teacher-weights: random weights, good for timing only", err=True)
     model = build_teacher(spec, weights, top_k=top_k, allow_random=allow_random)
     if isinstance(model, MobileVOS):
         model.config = MobileVOSConfig.from_dict({**model.config.to_dict(), "top_k": top_k})
