@@ -1,0 +1,288 @@
+"""`mvos export`: subgraph files, manifest, parity with PyTorch, re-runs that add pieces, and the error cases.
+
+One tiny export (64x64, T=1 and 2, fp32 + int8, 2 objects) is shared by this module and test_tflite_runtime.py
+through `mvos.export.testing.tiny_export`; conversion dominates the run time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mvos.export.cli import parse_queue_lens, report
+from mvos.export.exporter import ensure_exported
+from mvos.export.manifest import weights_sha256
+from mvos.export.ops import inspect_ops
+from mvos.export.subgraphs import exportable, graph_specs, parse_size, sample_inputs
+from mvos.export.testing import (TINY_MAX_OBJECTS, TINY_PRECISIONS, TINY_QUEUE_LENS, TINY_SIZE, TINY_VARIANT,
+                                 calibrated_model, tiny_export)
+from mvos.export.verify import interpreter_outputs, mask_agreement
+from mvos.runtime.checkpoint import save_checkpoint
+from mvos.runtime.errors import MvosError
+from mvos.runtime.model import IMAGENET_MEAN, IMAGENET_STD, STRIDE, build_model, soft_aggregate
+from mvos.runtime.tflite import load_manifest, manifest_entry
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory) -> Path:
+    return tiny_export(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def manifest(export_dir) -> dict:
+    return load_manifest(export_dir)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return calibrated_model()
+
+
+def entries(manifest: dict):
+    for precision, files in manifest["models"].items():
+        yield from (files["key_encoder"], files["value_encoder"], *files["decoders"].values())
+
+
+# --------------------------------------------------------------------------------------------- manifest
+
+
+def test_manifest_describes_the_export(manifest, model):
+    h, w = TINY_SIZE
+    assert manifest["variant"] == TINY_VARIANT
+    assert manifest["input_size"] == [h, w] and manifest["feature_size"] == [h // STRIDE, w // STRIDE]
+    assert manifest["stride"] == STRIDE
+    assert manifest["queue_lengths"] == list(TINY_QUEUE_LENS)
+    assert manifest["precisions"] == list(TINY_PRECISIONS)
+    assert manifest["max_objects"] == TINY_MAX_OBJECTS
+    assert manifest["normalisation"]["mean"] == list(IMAGENET_MEAN)
+    assert manifest["normalisation"]["std"] == list(IMAGENET_STD)
+    assert manifest["mvos_version"]
+    assert manifest["weights"]["sha256"] == weights_sha256(model)
+    assert manifest["failures"] == []
+
+
+def test_files_exist_with_their_sha256(export_dir, manifest):
+    paths = set()
+    for entry in entries(manifest):
+        path = export_dir / entry["path"]
+        content = path.read_bytes()
+        assert hashlib.sha256(content).hexdigest() == entry["sha256"]
+        assert len(content) == entry["bytes"]
+        paths.add(entry["path"])
+    expected = {f"{p}/{name}.tflite" for p in TINY_PRECISIONS
+                for name in ["key_encoder", "value_encoder", *(f"decoder_T{t}" for t in TINY_QUEUE_LENS)]}
+    assert paths == expected
+    # int8 weights make smaller files than fp32
+    assert (export_dir / "int8/key_encoder.tflite").stat().st_size < 0.5 * (export_dir / "fp32/key_encoder.tflite").stat().st_size
+
+
+def test_signatures_have_named_inputs_and_outputs(manifest):
+    h, w = TINY_SIZE
+    fh, fw = h // STRIDE, w // STRIDE
+    n, cv = TINY_MAX_OBJECTS, manifest["value_dim"]
+    key = manifest_entry(manifest, "fp32", "key_encoder")
+    assert [(i["name"], i["shape"]) for i in key["inputs"]] == [("frame", [1, 3, h, w])]
+    assert [o["name"] for o in key["outputs"]] == ["key", "value", "f16", "f8", "f4"]
+    value = manifest_entry(manifest, "fp32", "value_encoder")
+    assert [i["name"] for i in value["inputs"]] == ["f16", "mask", "others"]
+    assert [(o["name"], o["shape"]) for o in value["outputs"]] == [("value", [1, cv, fh, fw])]
+    for t in TINY_QUEUE_LENS:
+        decoder = manifest_entry(manifest, "fp32", "decoder", t)
+        shapes = {i["name"]: i["shape"] for i in decoder["inputs"]}
+        assert shapes["mem_keys"] == [t, manifest["key_dim"], fh, fw]
+        assert shapes["mem_values"] == [t, n * cv, fh, fw]
+        outputs = {o["name"]: o for o in decoder["outputs"]}
+        assert outputs["logits"]["shape"] == [n, 1, h, w] and outputs["probs"]["shape"] == [n + 1, 1, h, w]
+        assert all(o["signature_output"] and o["dtype"] == "float32" and o["meaning"] for o in decoder["outputs"])
+
+
+def test_ops_are_gpu_delegate_friendly(export_dir, manifest):
+    for entry in entries(manifest):
+        assert entry["ops"]["flex"] == []
+        if entry["precision"] == "fp32":
+            assert entry["ops"]["gpu_fallback"] == {}, entry["path"]
+    ops = inspect_ops((export_dir / "fp32/decoder_T2.tflite").read_bytes())
+    assert ops.counts["BATCH_MATMUL"] >= 1  # the affinity, rank-4 (no rank-3 one: gpu_fallback is empty)
+    assert "BROADCAST_TO" not in ops.counts and "BATCH_NORM" not in ops.counts  # ASPP fix; BN folded
+
+
+# ----------------------------------------------------------------------------------------------- parity
+
+
+@pytest.mark.parametrize("precision,limit", [("fp32", 1e-4), ("int8", 0.5)])
+def test_each_subgraph_matches_pytorch(export_dir, manifest, model, precision, limit):
+    """Recomputed here (not read from the manifest) against the unmodified model's stage methods."""
+    specs = graph_specs(model, TINY_SIZE, list(TINY_QUEUE_LENS), TINY_MAX_OBJECTS)
+    for spec in specs:
+        entry = manifest_entry(manifest, precision, spec.subgraph, spec.queue_len)
+        inputs = sample_inputs(spec, model, seed=1)
+        with torch.no_grad():
+            expected = spec.module(**inputs)
+        got = interpreter_outputs((export_dir / entry["path"]).read_bytes(), {k: v.numpy() for k, v in inputs.items()})
+        rename = {o["signature_output"]: o["name"] for o in entry["outputs"]}
+        assert set(rename.values()) == set(expected)
+        for key, value in got.items():
+            ref = expected[rename[key]].numpy()
+            rel = np.abs(value - ref).max() / np.abs(ref).max()
+            assert rel < limit, f"{entry['path']} {rename[key]}: {rel:.2e}"
+            if precision == "int8":
+                assert rel > 0  # really quantised
+
+
+def test_decoder_aggregates_objects_in_graph(export_dir, manifest, model):
+    spec = graph_specs(exportable(model, TINY_SIZE), TINY_SIZE, [2], TINY_MAX_OBJECTS, subgraphs=("decoder",))[0]
+    inputs = sample_inputs(spec, model, seed=2)
+    entry = manifest_entry(manifest, "fp32", "decoder", 2)
+    out = interpreter_outputs((export_dir / entry["path"]).read_bytes(), {k: v.numpy() for k, v in inputs.items()})
+    names = {o["name"]: o["signature_output"] for o in entry["outputs"]}
+    logits, probs = out[names["logits"]], out[names["probs"]]
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+    expected = soft_aggregate(torch.sigmoid(torch.from_numpy(logits)), dim=0).numpy()
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+
+
+def test_memory_slots_matter_to_the_decoder(export_dir, manifest, model):
+    """A decoder that ignored the memory state (or one slot of it) would pass a loose parity check."""
+    spec = graph_specs(model, TINY_SIZE, [2], TINY_MAX_OBJECTS, subgraphs=("decoder",))[0]
+    inputs = {k: v.numpy() for k, v in sample_inputs(spec, model, seed=3).items()}
+    content = (export_dir / manifest_entry(manifest, "fp32", "decoder", 2)["path"]).read_bytes()
+    base = interpreter_outputs(content, inputs)
+    changed = dict(inputs, mem_values=inputs["mem_values"].copy())
+    changed["mem_values"][1] = 0  # the recent slot only
+    other = interpreter_outputs(content, changed)
+    assert max(np.abs(base[k] - other[k]).max() for k in base) > 1e-3
+
+
+def test_end_to_end_verification_is_recorded(manifest):
+    checks = {(c["precision"], c["queue_len"]): c for c in manifest["verification"]["end_to_end"]}
+    assert set(checks) == {(p, t) for p in TINY_PRECISIONS for t in TINY_QUEUE_LENS}
+    for t in TINY_QUEUE_LENS:
+        fp32 = checks[("fp32", t)]
+        assert fp32["mean_iou"] >= 0.99 and fp32["max_prob_diff"] < 1e-3
+        assert fp32["tie_fraction"] < 0.2 and fp32["objects"] == 3
+        assert 0.0 <= checks[("int8", t)]["mean_iou"] <= 1.0
+
+
+def test_mask_agreement_ignores_only_ties():
+    ref = np.zeros((2, 2, 2), np.float32)
+    ref[0] = [[0.9, 0.5], [0.1, 0.1]]
+    ref[1] = 1 - ref[0]  # pixel (0,1) is a tie
+    got = ref.copy()
+    got[:, 0, 1] = [0.4, 0.6]  # flips the tie: ignored
+    assert mask_agreement([ref], [got])["mean_iou"] == 1.0
+    got[:, 1, 0] = [0.95, 0.05]  # flips a decisive object pixel: counted
+    result = mask_agreement([ref], [got])
+    assert result["mean_iou"] == pytest.approx(0.5) and result["tie_fraction"] == pytest.approx(0.25)
+
+
+# ---------------------------------------------------------------------------------------- re-runs, errors
+
+
+def test_rerun_adds_missing_pieces_only(export_dir, model, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(export_dir, folder)
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*.tflite")}
+    same = ensure_exported(folder, model, TINY_SIZE, [2], ["fp32"], TINY_MAX_OBJECTS, progress=False)
+    assert same.added == []
+    # fp16 comes from the existing fp32 flatbuffers: no conversion, all four graphs added, verified
+    more = ensure_exported(folder, model, TINY_SIZE, [1, 2], ["fp16"], TINY_MAX_OBJECTS, progress=False)
+    assert sorted(e["path"] for e in more.added) == sorted(
+        f"fp16/{n}.tflite" for n in ["key_encoder", "value_encoder", "decoder_T1", "decoder_T2"])
+    assert {(c["precision"], c["queue_len"]) for c in more.end_to_end} == {("fp16", 1), ("fp16", 2)}
+    manifest = load_manifest(folder)
+    assert manifest["precisions"] == ["fp32", "fp16", "int8"]
+    for path, content in before.items():
+        assert (folder / path).read_bytes() == content
+    assert hashlib.sha256((folder / "fp16/decoder_T2.tflite").read_bytes()).hexdigest() == \
+        manifest_entry(manifest, "fp16", "decoder", 2)["sha256"]
+
+
+def test_foreign_manifest_is_refused(export_dir, model, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(export_dir, folder)
+    text = (folder / "manifest.json").read_text()
+    other = calibrated_model(seed=1)
+    with pytest.raises(MvosError, match="another model.*weights"):
+        ensure_exported(folder, other, TINY_SIZE, [2], ["fp32"], TINY_MAX_OBJECTS, progress=False)
+    with pytest.raises(MvosError, match="max objects"):
+        ensure_exported(folder, model, TINY_SIZE, [2], ["fp32"], 1, progress=False)
+    with pytest.raises(MvosError, match="input size"):
+        ensure_exported(folder, model, (32, 64), [2], ["fp32"], TINY_MAX_OBJECTS, progress=False)
+    assert (folder / "manifest.json").read_text() == text
+
+
+def test_folder_that_is_not_an_export_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(MvosError, match="not an export folder"):
+        ensure_exported(tmp_path, "mobilenetv2", TINY_SIZE, [2], ["fp32"], progress=False)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"model": "nope"}, "unknown variant"),
+    ({"size": (60, 64)}, "multiples of 16"),
+    ({"queue_lens": [0]}, "1..20"),
+    ({"queue_lens": [21]}, "1..20"),
+    ({"precisions": ["fp8"]}, "unknown precision"),
+    ({"max_objects": 0}, "max objects"),
+])
+def test_bad_arguments_are_clear_errors(tmp_path, kwargs, message):
+    args = {"model": "mobilenetv2", "size": TINY_SIZE, "queue_lens": [2], "precisions": ["fp32"], **kwargs}
+    with pytest.raises(MvosError, match=message):
+        ensure_exported(tmp_path / "out", args.pop("model"), args.pop("size"), progress=False, **args)
+    assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_of_another_variant_is_refused(tmp_path):
+    path = tmp_path / "student.pt"
+    save_checkpoint(path, build_model("mobilenetv2-noaspp"))
+    with pytest.raises(MvosError, match="mobilenetv2-noaspp"):
+        ensure_exported(tmp_path / "out", path, TINY_SIZE, expect_variant="mobilenetv2", progress=False)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    from mvos.cli import cli
+
+    runner = CliRunner()
+    for args, message in [(["--size", "480x860"], "multiples of 16"), (["--queue-len", "1..21"], "1..20"),
+                          (["--variant", "resnet99"], "unknown variant")]:
+        result = runner.invoke(cli, ["export", *args, "--out", str(tmp_path / "x")])
+        assert isinstance(result.exception, MvosError) and message in str(result.exception)
+        assert "\n" not in str(result.exception)
+
+
+def test_cli_refuses_an_export_of_another_model(export_dir):
+    from mvos.cli import cli
+
+    result = CliRunner().invoke(cli, ["export", "--size", "64x64", "--queue-len", "1,2", "--precision", "fp32,int8",
+                                      "--max-objects", "2", "--out", str(export_dir)])
+    # the fixture's model is calibrated, the CLI's is a seeded random init: another model
+    assert isinstance(result.exception, MvosError) and "another model" in str(result.exception)
+
+
+def test_report_lists_files_parity_and_end_to_end(export_dir, manifest):
+    text = report(manifest, {"int8/decoder_T2.tflite"}, export_dir)
+    lines = text.splitlines()
+    row = next(line for line in lines if "decoder_T2" in line and "int8" in line)
+    assert row.startswith("*") and "none" in row  # written by this run; no GPU fallback
+    assert sum("decoder_T" in line for line in lines) == len(TINY_PRECISIONS) * len(TINY_QUEUE_LENS)
+    assert any(line.strip().startswith("fp32") and "mean IoU 1.0000" in line for line in lines)
+
+
+def test_size_and_queue_len_parsing():
+    assert parse_size("480x864") == (480, 864) and parse_size("64") == (64, 64)
+    with pytest.raises(MvosError):
+        parse_size("480x")
+    assert parse_queue_lens(("2",)) == [2]
+    assert parse_queue_lens(("1..3", "5,7")) == [1, 2, 3, 5, 7]
+    with pytest.raises(MvosError):
+        parse_queue_lens(("1..x",))

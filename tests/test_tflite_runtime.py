@@ -1,0 +1,150 @@
+"""The TFLite backend under the shared `Segmenter`: same results as PyTorch, the host-side memory queue,
+object padding/chunking around the decoder's fixed object count, and its errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mvos.export.testing import TINY_MAX_OBJECTS, TINY_SIZE, calibrated_model, tiny_export
+from mvos.export.verify import run_video, synthetic_video
+from mvos.runtime.errors import MvosError
+from mvos.runtime.inference import FrameGeometry, Segmenter, TorchBackend
+from mvos.runtime.memory import FixedQueueMemory
+from mvos.runtime.options import build_segmenter
+from mvos.runtime.tflite import TFLiteBackend
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory) -> Path:
+    return tiny_export(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def model():
+    return calibrated_model()
+
+
+def torch_backend(model, size=TINY_SIZE) -> TorchBackend:
+    backend = TorchBackend(model)
+    backend.fixed_size = size  # the exported geometry
+    return backend
+
+
+@pytest.mark.parametrize("queue_len", [1, 2])
+def test_segmenter_matches_pytorch(export_dir, model, queue_len):
+    """Three objects (two in frame 0, one in frame 2: two groups, so both padding and one full call run)."""
+    frames, masks = synthetic_video(TINY_SIZE, num_frames=7, seed=4)
+    with torch.inference_mode():
+        expected = run_video(Segmenter(torch_backend(model), queue_len=queue_len, size=None), frames, masks)
+        segmenter = Segmenter(TFLiteBackend(export_dir, queue_len=queue_len), queue_len=queue_len, size=None)
+        got = run_video(segmenter, frames, masks)
+    assert segmenter.object_ids == [1, 2, 3]
+    assert [p.shape for p in got] == [p.shape for p in expected]
+    assert got[-1].shape == (4, *frames[0].shape[:2])  # background + 3 objects at the frame's own size
+    for ref, out in zip(expected, got):
+        np.testing.assert_allclose(out, ref, atol=1e-4)
+
+
+def test_host_owns_the_queue(export_dir, model):
+    """Slot 0 keeps the reference frame; the recent slots take frames round robin (shared FixedQueueMemory)."""
+    frames, masks = synthetic_video(TINY_SIZE, num_frames=5, seed=5)
+    backend = TFLiteBackend(export_dir, queue_len=2)
+    segmenter = Segmenter(backend, queue_len=2, size=None)
+    keys = []
+    with torch.inference_mode():
+        for index, frame in enumerate(frames):
+            geometry = FrameGeometry.for_frame(*frame.shape[:2], None, backend.fixed_size)
+            keys.append(backend.encode_key(segmenter._prepare_frame(frame, geometry)).key[0])
+            given = masks.get(index)
+            segmenter.step(frame, given, [int(i) for i in np.unique(given) if i] if given is not None else None)
+            group = segmenter.groups[0]
+            assert isinstance(group.memory, FixedQueueMemory)
+            assert group.memory.frame_of_slot == [0, index]
+            stored, _ = group.memory.read()  # T,Ck,h,w
+            torch.testing.assert_close(stored[0], keys[0])
+            torch.testing.assert_close(stored[1], keys[index])
+    # the object given in frame 2 has its own memory whose reference slot is frame 2
+    assert segmenter.groups[1].memory.frame_of_slot == [2, 4]
+
+
+def test_decode_pads_and_chunks_object_groups(export_dir, model):
+    """The exported decoder takes exactly 2 objects: 1 is padded with zero values, 3 run as 2 + (1 padded)."""
+    backend = TFLiteBackend(export_dir, queue_len=2)
+    reference = torch_backend(model)
+    g = torch.Generator().manual_seed(6)
+    frames = torch.randn(3, 3, *TINY_SIZE, generator=g)
+    with torch.no_grad():
+        query = reference.encode_key(frames[:1])
+        memory = [reference.encode_key(frames[i:i + 1]) for i in (1, 2)]
+        keys = torch.cat([f.key for f in memory])  # 2,Ck,h,w
+        for n in (1, 2, 3):
+            masks = torch.rand(n, 1, *TINY_SIZE, generator=g)
+            others = (masks.sum(0, keepdim=True) - masks).clamp(0, 1)
+            values = torch.stack([reference.encode_value(f, masks, others).reshape(-1, *keys.shape[2:])
+                                  for f in memory])  # 2,n*Cv,h,w
+            expected = reference.decode(query, keys, values, n)
+            got = backend.decode(query, keys, values, n)
+            assert got.shape == (n, 1, *TINY_SIZE)
+            torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+            # and the value encoder runs once per object
+            torch.testing.assert_close(backend.encode_value(memory[0], masks, others),
+                                       reference.encode_value(memory[0], masks, others), atol=1e-4, rtol=1e-4)
+
+
+def test_frames_of_another_size_are_fitted(export_dir):
+    segmenter = Segmenter(TFLiteBackend(export_dir, queue_len=1), queue_len=1, size=None)
+    frame = np.random.default_rng(0).integers(0, 255, (50, 100, 3), dtype=np.uint8)
+    mask = np.zeros((50, 100), np.uint8)
+    mask[10:30, 20:60] = 1
+    with torch.inference_mode():
+        first = segmenter.step(frame, mask)
+        second = segmenter.step(frame)
+    assert first.shape == second.shape == (2, 50, 100)
+    np.testing.assert_allclose(second.sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_build_segmenter_and_describe(export_dir):
+    segmenter = build_segmenter(backend="tflite", model_dir=export_dir, queue_len=2, threads=2)
+    info = segmenter.describe()
+    assert info["backend"] == "tflite" and info["precision"] == "fp32" and info["queue_len"] == 2
+    assert info["input_size"] == list(TINY_SIZE) and info["max_objects"] == TINY_MAX_OBJECTS
+    assert segmenter.backend.fixed_size == TINY_SIZE
+    assert TFLiteBackend(export_dir, queue_len=1, precision="int8").describe()["precision"] == "int8"
+
+
+def test_missing_pieces_are_clear_errors(export_dir, tmp_path):
+    with pytest.raises(MvosError, match=r"no fp32 decoder for queue length 5 \(exported: 1, 2\)"):
+        TFLiteBackend(export_dir, queue_len=5)
+    with pytest.raises(MvosError, match="no fp16 export"):
+        TFLiteBackend(export_dir, queue_len=2, precision="fp16")
+    with pytest.raises(MvosError, match="no manifest.json"):
+        TFLiteBackend(tmp_path, queue_len=2)
+    with pytest.raises(MvosError, match="1..20"):
+        TFLiteBackend(export_dir, queue_len=0)
+
+
+def test_damaged_exports_are_clear_errors(export_dir, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(export_dir, folder)
+    path = folder / "fp32/decoder_T2.tflite"
+    content = bytearray(path.read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    path.write_bytes(bytes(content))
+    with pytest.raises(MvosError, match="does not match the sha256"):
+        TFLiteBackend(folder, queue_len=2)
+    TFLiteBackend(folder, queue_len=1)  # the other files are fine
+    (folder / "fp32/decoder_T1.tflite").unlink()
+    with pytest.raises(MvosError, match="missing"):
+        TFLiteBackend(folder, queue_len=1)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(MvosError, match="format version 99"):
+        TFLiteBackend(folder, queue_len=1)
