@@ -7,37 +7,9 @@ from pathlib import Path
 
 import click
 
+from mvos.export.cli import parse_queue_lens
+from mvos.export.subgraphs import parse_size
 from mvos.runtime.errors import MvosError
-from mvos.runtime.memory import MAX_QUEUE_LEN
-
-DEFAULT_SIZE = (480, 864)
-
-
-def parse_queue_lens(text: str) -> list[int]:
-    """`1..20` (a range), `1,2,4` (a list), or a mix such as `1,2,5..8`; each T must be in 1..20."""
-    values: list[int] = []
-    for part in (p.strip() for p in text.split(",")):
-        match = re.fullmatch(r"(\d+)\s*\.\.\s*(\d+)", part)
-        if match:
-            low, high = int(match[1]), int(match[2])
-            if low > high:
-                raise MvosError(f"--queue-len {part}: the range is empty (write low..high)")
-            values.extend(range(low, high + 1))
-        elif part.isdigit():
-            values.append(int(part))
-        else:
-            raise MvosError(f"--queue-len {text!r}: expected a range like 1..20 or a list like 1,2,4")
-    bad = [t for t in values if not 1 <= t <= MAX_QUEUE_LEN]
-    if bad:
-        raise MvosError(f"--queue-len {text!r}: queue lengths must be in 1..{MAX_QUEUE_LEN}, got {bad[0]}")
-    return sorted(set(values))
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"(\d+)\s*[xX]\s*(\d+)", text.strip())
-    if not match:
-        raise MvosError(f"--size {text!r}: expected HEIGHTxWIDTH, e.g. 480x864")
-    return int(match[1]), int(match[2])
 
 
 def bench_points(model_dir: Path, label: str, manifest: dict, precisions: list[str], queue_lens: list[int]):
@@ -96,7 +68,7 @@ def bench_command(device_spec, variants, weights, queue_len_text, use_gpu, threa
     from mvos.runtime.checkpoint import read_checkpoint
     from mvos.runtime.tflite import PRECISIONS
 
-    queue_lens = parse_queue_lens(queue_len_text)
+    queue_lens = parse_queue_lens((queue_len_text,))
     size = parse_size(size_text)
     precisions = [p.strip() for p in precision_text.split(",") if p.strip()]
     unknown = [p for p in precisions if p not in PRECISIONS]

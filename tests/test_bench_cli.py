@@ -1,0 +1,82 @@
+"""`mvos bench` and `mvos plot` as a user runs them: on the host with litert-benchmark, resume, and the
+phone-side failures (unknown device, no benchmark binary) through the adb simulator."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from cli_helpers import run_mvos
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["--variant", "mobilenetv2-noaspp", "--size", "32x32", "--queue-len", "1,2", "--threads", "1",
+         "--num-runs", "3", "--warmup-runs", "1", "--no-verify"]
+
+
+@pytest.fixture
+def isolated(monkeypatch, tmp_path):
+    """No user alias file and no cached or configured benchmark binary from the developer's machine."""
+    monkeypatch.delenv("MVOS_DEVICES", raising=False)
+    monkeypatch.delenv("MVOS_BENCHMARK_MODEL", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def test_host_bench_exports_measures_resumes_and_plots(capsys, isolated, tmp_path):
+    models, results = tmp_path / "exports", tmp_path / "results.csv"
+    first = run_mvos(capsys, "bench", "--device", "host", *SMALL, "--model-dir", models, "--out", results,
+                     "--plot", tmp_path / "fig.png")
+    assert first.code == 0, first.err
+    assert "4 measurement(s) appended" in first.out
+    assert (models / "mobilenetv2-noaspp" / "manifest.json").is_file()
+    rows = pd.read_csv(results)
+    assert sorted(zip(rows["subgraph"], rows["queue_len"])) == [
+        ("decoder", 1), ("decoder", 2), ("key_encoder", 0), ("value_encoder", 0)]
+    assert (rows["avg_us"] > 0).all() and set(rows["delegate"]) == {"cpu"}
+    assert "frame_ms" in first.out  # the per-frame latency table
+    assert (tmp_path / "fig.png").stat().st_size > 10_000 and (tmp_path / "fig_subgraphs.png").is_file()
+
+    again = run_mvos(capsys, "bench", "--device", "host", *SMALL, "--model-dir", models, "--out", results,
+                     "--resume")
+    assert again.code == 0, again.err
+    assert "0 measurement(s) appended" in again.out
+    assert len(pd.read_csv(results)) == 4
+
+    plotted = run_mvos(capsys, "plot", results, "--out", tmp_path / "again.png", "--objects", "2")
+    assert plotted.code == 0 and (tmp_path / "again.png").is_file() and (tmp_path / "again_subgraphs.png").is_file()
+
+
+def test_bad_queue_lengths_and_sizes(capsys, isolated, tmp_path):
+    for args, message in ((["--queue-len", "0..3"], "out of range"), (["--size", "30x32"], "16")):
+        result = run_mvos(capsys, "bench", "--device", "host", *args, "--model-dir", tmp_path / "m",
+                          "--out", tmp_path / "r.csv")
+        assert result.code == 2 and message in result.err and "Traceback" not in result.err
+    assert not (tmp_path / "m").exists()
+
+
+def test_unknown_device_lists_what_is_connected(capsys, isolated, adbsim_phones, tmp_path):
+    sim = adbsim_phones("s22")
+    result = run_mvos(capsys, "bench", "--device", "pixel8", *SMALL, "--model-dir", tmp_path / "m",
+                      "--out", tmp_path / "r.csv")
+    assert result.code == 2
+    assert "no connected device matches 'pixel8'" in result.err and f"{sim.address} (SM-S901B)" in result.err
+    assert not (tmp_path / "m").exists()  # nothing exported for a device that is not there
+
+
+def test_phone_without_benchmark_binary_says_what_to_download(capsys, isolated, adbsim_phones, tmp_path):
+    adbsim_phones("s22")
+    result = run_mvos(capsys, "bench", "--device", "s22", *SMALL, "--model-dir", tmp_path / "m",
+                      "--out", tmp_path / "r.csv")
+    assert result.code == 2
+    assert "android_aarch64_benchmark_model" in result.err and "arm64-v8a" in result.err
+    assert "--benchmark-binary" in result.err
+    assert not (tmp_path / "m").exists() and not (tmp_path / "r.csv").exists()
+
+
+def test_plot_of_a_missing_or_foreign_csv(capsys, tmp_path):
+    missing = run_mvos(capsys, "plot", tmp_path / "none.csv", "--out", tmp_path / "f.png")
+    assert missing.code == 2 and "no such results file" in missing.err
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    foreign = run_mvos(capsys, "plot", tmp_path / "other.csv", "--out", tmp_path / "f.png")
+    assert foreign.code == 2 and "not a results CSV" in foreign.err
