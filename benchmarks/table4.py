@@ -89,7 +89,7 @@ def constant_cost_checks(rows: list[dict], short: int, long: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default="resnet18,mobilenetv2,mobilenetv2-noaspp")
+    parser.add_argument("--variants", default="mobilenetv2-noaspp,mobilenetv2,resnet18")
     parser.add_argument("--unbounded", default="mobilenetv2", help="variants also run with unbounded memory")
     parser.add_argument("--teacher", default="", help="teacher to add, e.g. 'stcn' or a checkpoint path")
     parser.add_argument("--teacher-weights", default=None)
@@ -126,16 +126,24 @@ def main() -> None:
             sys.exit(f"point {model}/{memory}/{n} failed:\n{proc.stderr[-2000:]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(f"    {rows[-1]['fps']} FPS, peak RSS {rows[-1]['peak_rss_mb']} MB", flush=True)
+        text = write_tables(args.out, rows, frames, args.size, args.threads)  # after every point: long runs
+    print(text)
 
-    with open(args.out / "table4.csv", "w", newline="") as handle:
+
+def write_tables(out: Path, rows: list[dict], frames: list[int], size: str, threads: int) -> str:
+    """Rewrites table4.csv and table4.md (atomically) with the points measured so far."""
+    tmp = out / ".table4.csv.partial"
+    with open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(rows)
+    os.replace(tmp, out / "table4.csv")
     checks = constant_cost_checks(rows, min(frames), max(frames))
-    text = (f"Table 4 protocol on this machine: random {args.size} video, batch 1, {args.threads} threads, "
+    text = (f"Table 4 protocol on this machine: random {size} video, batch 1, {threads} threads, "
             f"PyTorch eager.\n\n{markdown(rows)}\n\n" + "\n".join(f"- {line}" for line in checks) + "\n")
-    (args.out / "table4.md").write_text(text)
-    print(text)
+    (out / ".table4.md.partial").write_text(text)
+    os.replace(out / ".table4.md.partial", out / "table4.md")
+    return text
 
 
 if __name__ == "__main__":
