@@ -98,6 +98,7 @@ def main() -> None:
     parser.add_argument("--queue-len", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("results/table4"))
+    parser.add_argument("--resume", action="store_true", help="keep the points already in OUT/table4.csv")
     parser.add_argument("--point", help=argparse.SUPPRESS)  # internal: run one point, print JSON
     args = parser.parse_args()
     size = tuple(int(s) for s in args.size.lower().split("x"))
@@ -115,6 +116,12 @@ def main() -> None:
         points += [(f"teacher:{args.teacher}", "unbounded", n) for n in frames]
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
+    if args.resume and (args.out / "table4.csv").is_file():
+        with open(args.out / "table4.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        done = {(r["model"], r["memory"], int(r["frames"])) for r in rows}
+        points = [p for p in points if p not in done]
+    text = ""
     for index, (model, memory, n) in enumerate(points, 1):
         print(f"[{index}/{len(points)}] {model} {memory} {n} frames ...", flush=True)
         command = [sys.executable, __file__, "--point", f"{model}|{memory}|{n}", "--size", args.size,
