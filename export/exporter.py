@@ -237,9 +237,10 @@ def _verify_end_to_end(model: MobileVOS, staging: Path, manifest: dict, missing:
     touched = [(p, t) for p, t in touched if p in manifest["precisions"] and t in manifest["queue_lengths"]
                and manifest_entry(manifest, p, "decoder", t) is not None]
     checks = manifest["verification"]["end_to_end"]
+    references: dict = {}
     for precision, queue_len in tqdm(touched, desc="verify end to end", unit="run", disable=not progress,
                                      dynamic_ncols=True):
-        check = end_to_end(model, staging, precision, queue_len, threads)
+        check = end_to_end(model, staging, precision, queue_len, threads, reference_cache=references)
         checks[:] = [c for c in checks if (c["precision"], c["queue_len"]) != (precision, queue_len)] + [check]
         result.end_to_end.append(check)
         if precision == "fp32" and check["mean_iou"] < FP32_MIN_IOU:

@@ -39,7 +39,7 @@ IDENTITY = ("variant", "config", "weights_sha256", "input_size", "max_objects")
 MEMORY_PROTOCOL = {
     "slots": "T = the decoder's queue length; mem_keys T,Ck,h,w and mem_values T,N*Cv,h,w",
     "first_frame": "write its key and value into every slot (slot 0 keeps it for the whole video)",
-    "later_frames": f"write into slot 1 + (writes % (T-1)), round robin over 1..T-1; T=1 never writes again",
+    "later_frames": "write into slot 1 + (writes % (T-1)), round robin over 1..T-1; T=1 never writes again",
     "value": "run value_encoder once per object (mask = its aggregated probability, others = the rest, "
              "clamped to 1) and stack the objects' values on channels",
     "queue_length_range": [1, MAX_QUEUE_LEN],

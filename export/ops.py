@@ -73,7 +73,7 @@ def _gpu_refusal(name: str, graph, op) -> str | None:
         return "not a GPU delegate op"
     ranks = _ranks(graph, [op.Inputs(j) for j in range(op.InputsLength())]) + \
         _ranks(graph, [op.Outputs(j) for j in range(op.OutputsLength())])
-    if name not in ("RESHAPE",) and max(ranks, default=0) > MAX_GPU_RANK:
+    if max(ranks, default=0) > MAX_GPU_RANK:
         return f"rank-{max(ranks)} tensor (the GPU delegate takes rank <= {MAX_GPU_RANK})"
     if name == "BATCH_MATMUL":
         lhs, rhs = _ranks(graph, [op.Inputs(0), op.Inputs(1)])

@@ -3,6 +3,7 @@ export of it per test session (conversion is the slow part, so every test module
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ TINY_MAX_OBJECTS = 2  # groups of 1 are padded, groups of 3 chunked: both runtim
 _exports: dict[tuple, Path] = {}
 
 
+@functools.lru_cache(maxsize=4)  # shared by the test modules; nobody mutates it (exports deep-copy)
 @torch.no_grad()
 def calibrated_model(variant: str = TINY_VARIANT, size: tuple[int, int] = TINY_SIZE, seed: int = 0) -> MobileVOS:
     """A random model whose BatchNorm statistics are set from random data. A fresh init's running stats

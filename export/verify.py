@@ -114,15 +114,18 @@ def mask_agreement(expected: list[np.ndarray], got: list[np.ndarray], tie_margin
 
 
 def end_to_end(model: MobileVOS, model_dir: Path, precision: str, queue_len: int, threads: int | None = None,
-               num_frames: int = 6) -> dict:
-    """Segment the generated video with the exported files and with PyTorch at the same fixed size."""
+               num_frames: int = 6, reference_cache: dict | None = None) -> dict:
+    """Segment the generated video with the exported files and with PyTorch at the same fixed size.
+    `reference_cache` keeps PyTorch's results per queue length across precisions (the slow half)."""
     tflite = TFLiteBackend(model_dir, queue_len=queue_len, threads=threads, precision=precision)
-    torch_backend = TorchBackend(model)
-    torch_backend.fixed_size = tflite.fixed_size  # same resize/pad geometry as the exported graphs
     frames, masks = synthetic_video(tflite.fixed_size, num_frames)
+    cache = {} if reference_cache is None else reference_cache
     with torch.inference_mode():
-        expected = run_video(Segmenter(torch_backend, queue_len=queue_len, size=None), frames, masks)
+        if queue_len not in cache:
+            torch_backend = TorchBackend(model)
+            torch_backend.fixed_size = tflite.fixed_size  # same resize/pad geometry as the exported graphs
+            cache[queue_len] = run_video(Segmenter(torch_backend, queue_len=queue_len, size=None), frames, masks)
         got_segmenter = Segmenter(tflite, queue_len=queue_len, size=None)
         got = run_video(got_segmenter, frames, masks)
-    return {"precision": precision, "queue_len": queue_len, **mask_agreement(expected, got),
+    return {"precision": precision, "queue_len": queue_len, **mask_agreement(cache[queue_len], got),
             "frames": num_frames, "objects": len(got_segmenter.object_ids)}

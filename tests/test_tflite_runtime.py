@@ -41,7 +41,7 @@ def torch_backend(model, size=TINY_SIZE) -> TorchBackend:
 @pytest.mark.parametrize("queue_len", [1, 2])
 def test_segmenter_matches_pytorch(export_dir, model, queue_len):
     """Three objects (two in frame 0, one in frame 2: two groups, so both padding and one full call run)."""
-    frames, masks = synthetic_video(TINY_SIZE, num_frames=7, seed=4)
+    frames, masks = synthetic_video(TINY_SIZE, num_frames=5, seed=4)  # T=2 ring wraps from frame 2 on
     with torch.inference_mode():
         expected = run_video(Segmenter(torch_backend(model), queue_len=queue_len, size=None), frames, masks)
         segmenter = Segmenter(TFLiteBackend(export_dir, queue_len=queue_len), queue_len=queue_len, size=None)
@@ -85,7 +85,7 @@ def test_decode_pads_and_chunks_object_groups(export_dir, model):
         query = reference.encode_key(frames[:1])
         memory = [reference.encode_key(frames[i:i + 1]) for i in (1, 2)]
         keys = torch.cat([f.key for f in memory])  # 2,Ck,h,w
-        for n in (1, 2, 3):
+        for n in (1, 3):  # groups of 2 (an exact fit) run in test_segmenter_matches_pytorch
             masks = torch.rand(n, 1, *TINY_SIZE, generator=g)
             others = (masks.sum(0, keepdim=True) - masks).clamp(0, 1)
             values = torch.stack([reference.encode_value(f, masks, others).reshape(-1, *keys.shape[2:])
