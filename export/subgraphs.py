@@ -97,8 +97,9 @@ def exportable(model: MobileVOS, size: tuple[int, int]) -> MobileVOS:
 
 
 def _tile_batch(x: torch.Tensor, n: int) -> torch.Tensor:
-    """1,... -> n,... by concatenation. `repeat_interleave` (what `MobileVOS.decode` uses for objects)
-    lowers to the same broken BROADCAST_TO; CONCATENATION converts and runs on GPU delegates."""
+    """1,... -> n,... by concatenation. `repeat_interleave` (what `MobileVOS.decode` uses for objects) lowers
+    to BROADCAST_TO, which computes correctly but is not a GPU delegate op; CONCATENATION is. With the query
+    features already n-batched, `decode` sees one object per query and repeats nothing."""
     return x if n == 1 else torch.cat([x] * n, dim=0)
 
 
