@@ -20,7 +20,7 @@ from mvos.export.convert import ConversionError, convert_graph, quantize
 from mvos.export.manifest import (check_same_model, file_entry, identity, new_manifest, put_entry, weights_sha256,
                                   write_manifest)
 from mvos.export.ops import inspect_ops
-from mvos.export.subgraphs import SUBGRAPHS, GraphSpec, check_queue_len, check_size, exportable, graph_specs, \
+from mvos.export.subgraphs import SUBGRAPHS, GraphSpec, check_queue_len, check_size, graph_specs, \
     sample_inputs
 from mvos.export.verify import (FP32_MAX_REL_DIFF, FP32_MIN_IOU, end_to_end, interpreter_outputs, output_parity,
                                 signature_details)
@@ -117,18 +117,15 @@ def ensure_exported(model_dir: str | Path, model: MobileVOS | str | Path, size: 
         return result
 
     say = on_message or (lambda message: None)
-    reference_specs = {spec.key: spec for spec in graph_specs(model, size, queue_lens, max_objects)}
-    export_model = exportable(model, size)
-    convert_specs = {spec.key: spec for spec in graph_specs(export_model, size, queue_lens, max_objects)}
+    specs = {spec.key: spec for spec in graph_specs(model, size, queue_lens, max_objects)}
     with staged_directory(model_dir) as staging:
         _link_existing(model_dir, staging, existing)
         keys = list(dict.fromkeys(_spec_key(s, t) for _, s, t in missing))
         bar = tqdm(keys, desc="export", unit="graph", disable=not progress, dynamic_ncols=True)
         for key in bar:
             bar.set_description(f"export {key}")
-            spec = convert_specs[key]
             needed = [p for p, s, t in missing if _spec_key(s, t) == key]
-            _export_graph(spec, reference_specs[key], model, needed, manifest, staging, verify, threads, result, say)
+            _export_graph(specs[key], model, needed, manifest, staging, verify, threads, result, say)
         bar.close()
         write_manifest(staging, manifest)
         if verify:
@@ -164,14 +161,14 @@ def _fp32_bytes(spec: GraphSpec, manifest: dict, staging: Path) -> bytes:
     return convert_graph(spec)
 
 
-def _export_graph(spec: GraphSpec, reference: GraphSpec, model: MobileVOS, precisions: list[str], manifest: dict,
+def _export_graph(spec: GraphSpec, model: MobileVOS, precisions: list[str], manifest: dict,
                   staging: Path, verify: bool, threads: int | None, result: ExportResult, say) -> None:
     fp32 = _fp32_bytes(spec, manifest, staging)  # raises ConversionError (an MvosError): nothing can follow
-    inputs = sample_inputs(reference, model) if verify else None
+    inputs = sample_inputs(spec, model) if verify else None
     expected = None
     if verify:
         with torch.no_grad():
-            expected = reference.module(**inputs)
+            expected = spec.module(**inputs)
     for precision in precisions:
         try:
             content = quantize(fp32, precision, spec.key)

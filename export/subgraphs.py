@@ -20,7 +20,6 @@ from mvos.runtime.errors import MvosError
 from mvos.runtime.inference import TorchBackend
 from mvos.runtime.memory import MAX_QUEUE_LEN
 from mvos.runtime.model import STRIDE, KeyFeatures, MobileVOS, soft_aggregate
-from mvos.runtime.modules import ASPP
 
 SUBGRAPHS = ("key_encoder", "value_encoder", "decoder")
 
@@ -69,31 +68,6 @@ def check_queue_len(queue_len: int) -> int:
 
 
 # ------------------------------------------------------------------------------------- conversion fixes
-
-
-class BroadcastPool(nn.Module):
-    """ASPP's image-pooling branch, already at the feature size. ASPP broadcasts the pooled 1x1 map with
-    `expand`; litert-torch 0.10 lowers that (after the pooling conv/BN/ReLU) to a BROADCAST_TO with an NHWC
-    target on an NCHW input, which the interpreter refuses to prepare. A nearest resize of a 1x1 map is the
-    same values and a GPU-delegate op; ASPP's own expand then sees the full size and is a no-op."""
-
-    def __init__(self, pool: nn.Module, size: tuple[int, int]):
-        super().__init__()
-        self.pool = pool
-        self.size = size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(self.pool(x), size=self.size, mode="nearest")  # B,C,1,1 -> B,C,h,w
-
-
-def exportable(model: MobileVOS, size: tuple[int, int]) -> MobileVOS:
-    """A copy of the model whose ASPP converts (see BroadcastPool); the caller's model is left untouched."""
-    model = copy.deepcopy(model).eval()
-    feature_size = (size[0] // STRIDE, size[1] // STRIDE)
-    for module in model.modules():
-        if isinstance(module, ASPP) and not isinstance(module.pool, BroadcastPool):
-            module.pool = BroadcastPool(module.pool, feature_size)
-    return model
 
 
 def _tile_batch(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -179,7 +153,7 @@ def feature_shapes(model: MobileVOS, size: tuple[int, int]) -> dict[str, tuple[i
 
 def graph_specs(model: MobileVOS, size: tuple[int, int], queue_lens: list[int], max_objects: int = 1,
                 subgraphs: tuple[str, ...] = SUBGRAPHS) -> list[GraphSpec]:
-    """The graphs of one export. `model` must come from `exportable`."""
+    """The graphs of one export."""
     size = check_size(size)
     shapes = feature_shapes(model, size)
     h, w = size

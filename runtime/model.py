@@ -8,7 +8,7 @@ Cv = value dim, N = objects, M = memory positions (T*h*w for T memory frames).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch
@@ -111,9 +111,11 @@ def memory_readout(query_key: torch.Tensor, memory_keys: torch.Tensor, memory_va
     mk = memory_keys.unsqueeze(1)  # B,1,Ck,M
     affinity = (2 * torch.matmul(qk, mk) - mk.pow(2).sum(dim=2, keepdim=True)) / math.sqrt(ck)  # B,1,HW,M
     if top_k is not None and top_k < affinity.shape[-1]:
-        # Threshold form of top-k: keep values >= the k-th largest. It converts to TFLite cleanly, unlike
-        # topk-with-unused-indices or STCN's scatter into a dense zero block.
-        kth = torch.topk(affinity, top_k, dim=-1).values[..., -1:]
+        # Threshold form of top-k: keep values >= the k-th largest, gathered through topk's indices (topk
+        # with unused indices lowers to a sort the interpreter cannot load; STCN's scatter bakes in a dense
+        # zero block). Ties at the k-th value may keep a few more than k.
+        _, indices = torch.topk(affinity, top_k, dim=-1)
+        kth = torch.gather(affinity, -1, indices[..., -1:])  # B,1,HW,1
         affinity = affinity.masked_fill(affinity < kth, float("-inf"))
     affinity = torch.softmax(affinity, dim=-1)
     mv = memory_values.unsqueeze(1).transpose(2, 3)  # B,1,M,C

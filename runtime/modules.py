@@ -139,6 +139,9 @@ class ASPP(nn.Module):
                                      nn.BatchNorm2d(outdim), nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.pool(x.mean(dim=(2, 3), keepdim=True))  # B,C,1,1: broadcast instead of upsampling
-        outs = [b(x) for b in self.branches] + [pooled.expand(-1, -1, x.shape[2], x.shape[3])]
+        pooled = self.pool(x.mean(dim=(2, 3), keepdim=True))  # B,C,1,1
+        # A nearest resize of the 1x1 map, not `expand`: the same values, but expand lowers to a BROADCAST_TO
+        # the TFLite interpreter refuses to prepare and GPU delegates do not run.
+        pooled = F.interpolate(pooled, size=x.shape[2:], mode="nearest")
+        outs = [b(x) for b in self.branches] + [pooled]
         return self.project(torch.cat(outs, dim=1))

@@ -35,6 +35,8 @@ def model_options(function):
         click.option("--backend", type=click.Choice(["torch", "tflite"]), default="torch", show_default=True),
         click.option("--model-dir", type=click.Path(path_type=Path), default=None,
                      help="Exported TFLite folder (with manifest.json) for --backend tflite."),
+        click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+                     help="Which exported files --backend tflite runs."),
         click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads."),
     ]
     for option in reversed(options):
@@ -69,7 +71,7 @@ def load_model(variant: str | None = None, weights: Path | None = None, backbone
 def build_segmenter(variant: str | None = None, weights: Path | None = None, backbone_weights: Path | None = None,
                     queue_len: int = 2, memory: str = "fixed", mem_every: int = 5, size: int = 480,
                     top_k: int | None = None, backend: str = "torch", model_dir: Path | None = None,
-                    threads: int | None = None, quiet: bool = False):
+                    threads: int | None = None, precision: str = "fp32", quiet: bool = False):
     from mvos.runtime.inference import Segmenter
 
     if threads is not None:
@@ -81,7 +83,7 @@ def build_segmenter(variant: str | None = None, weights: Path | None = None, bac
             raise MvosError("the TFLite backend runs the fixed-queue memory only")
         from mvos.runtime.tflite import TFLiteBackend
 
-        engine = TFLiteBackend(model_dir, queue_len=queue_len, threads=threads)
+        engine = TFLiteBackend(model_dir, queue_len=queue_len, threads=threads, precision=precision)
         return Segmenter(engine, queue_len=queue_len, size=None)
     if backend != "torch":
         raise MvosError(f"unknown backend {backend!r} (torch | tflite)")

@@ -298,3 +298,22 @@ def test_size_and_queue_len_parsing():
     assert parse_queue_lens(("1..3", "5,7")) == [1, 2, 3, 5, 7]
     with pytest.raises(MvosError):
         parse_queue_lens(("1..x",))
+
+
+def test_top_k_decoder_converts_and_matches_pytorch():
+    """Top-k through topk's indices converts (topk with unused indices lowered to an unloadable sort)."""
+    from mvos.export.convert import convert_graph
+
+    model = calibrated_model()
+    model.config = type(model.config).from_dict({**model.config.to_dict(), "top_k": 5})
+    spec = graph_specs(model, TINY_SIZE, [2], max_objects=1, subgraphs=("decoder",))[0]
+    content = convert_graph(spec)
+    ops = inspect_ops(content)
+    assert not ops.flex and not any(name.startswith("STABLEHLO") for name in ops.counts)
+    inputs = sample_inputs(spec, model)
+    with torch.no_grad():
+        expected = spec.module(**inputs)
+    got = interpreter_outputs(content, {k: v.numpy() for k, v in inputs.items()})
+    index = spec.outputs.index("logits")
+    logits = got["logits"] if "logits" in got else got[f"output_{index}"]
+    np.testing.assert_allclose(logits, expected["logits"].numpy(), atol=1e-3)

@@ -50,7 +50,9 @@ def test_segmenter_matches_pytorch(export_dir, model, queue_len):
     assert [p.shape for p in got] == [p.shape for p in expected]
     assert got[-1].shape == (4, *frames[0].shape[:2])  # background + 3 objects at the frame's own size
     for ref, out in zip(expected, got):
-        np.testing.assert_allclose(out, ref, atol=1e-4)
+        # fp32 kernels differ (XNNPACK vs oneDNN) and each frame's result feeds the next through memory:
+        # differences of ~1e-4 were seen after 5 frames, an error in the graph or the queue gives ~1e-1.
+        np.testing.assert_allclose(out, ref, atol=5e-4)
 
 
 def test_host_owns_the_queue(export_dir, model):
