@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 FIELDS = ["model", "memory", "queue_len", "frames", "fps", "ms_per_frame", "peak_rss_mb", "parameters",
-          "memory_mb"]
+          "memory_mb", "fps_first50", "fps_last50"]
+WINDOW = 50  # frames compared at the start and the end of one run: robust to load drifting between runs
 
 
 def run_point(model: str, memory: str, frames: int, size: tuple[int, int], queue_len: int, threads: int,
@@ -54,10 +55,12 @@ def run_point(model: str, memory: str, frames: int, size: tuple[int, int], queue
         times.append(time.perf_counter() - start)
     steady = times[1:] or times  # frame 0 includes one-off allocations
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    first, last = steady[:WINDOW], steady[-WINDOW:]
     return {"model": model, "memory": memory, "queue_len": queue_len if memory == "fixed" else "",
             "frames": frames, "fps": round(len(steady) / sum(steady), 3),
             "ms_per_frame": round(1000 * sum(steady) / len(steady), 2), "peak_rss_mb": round(peak_kb / 1024, 1),
-            "parameters": segmenter.num_parameters, "memory_mb": round(segmenter.memory_nbytes() / 2**20, 2)}
+            "parameters": segmenter.num_parameters, "memory_mb": round(segmenter.memory_nbytes() / 2**20, 2),
+            "fps_first50": round(len(first) / sum(first), 3), "fps_last50": round(len(last) / sum(last), 3)}
 
 
 def markdown(rows: list[dict]) -> str:
@@ -82,8 +85,12 @@ def constant_cost_checks(rows: list[dict], short: int, long: int) -> list[str]:
         fps_ratio = float(r_long["fps"]) / float(r_short["fps"])
         rss_growth = float(r_long["peak_rss_mb"]) / float(r_short["peak_rss_mb"]) - 1
         ok = fps_ratio >= 0.95 and rss_growth < 0.10
+        window = ""
+        if r_long.get("fps_last50") not in (None, ""):
+            window = (f"; within the {long}-frame run, FPS(last {WINDOW})/FPS(first {WINDOW}) = "
+                      f"{float(r_long['fps_last50']) / float(r_long['fps_first50']):.3f}")
         lines.append(f"{model}: FPS({long})/FPS({short}) = {fps_ratio:.3f}, peak RSS growth {rss_growth:+.1%} "
-                     f"-> {'OK' if ok else 'FAIL'}")
+                     f"-> {'OK' if ok else 'FAIL'}{window}")
     return lines
 
 
