@@ -3,6 +3,7 @@ export of it per test session (conversion is the slow part, so every test module
 
 from __future__ import annotations
 
+import copy
 import functools
 from pathlib import Path
 
@@ -20,12 +21,18 @@ TINY_MAX_OBJECTS = 2  # groups of 1 are padded, groups of 3 chunked: both runtim
 _exports: dict[tuple, Path] = {}
 
 
-@functools.lru_cache(maxsize=4)  # shared by the test modules; nobody mutates it (exports deep-copy)
-@torch.no_grad()
 def calibrated_model(variant: str = TINY_VARIANT, size: tuple[int, int] = TINY_SIZE, seed: int = 0) -> MobileVOS:
     """A random model whose BatchNorm statistics are set from random data. A fresh init's running stats
     (mean 0, var 1) shrink activations to ~1e-5, which makes the memory read uniform and almost every pixel
-    a tie, so parity tests could not see e.g. a wrong memory slot. Deterministic in `seed`."""
+    a tie, so parity tests could not see e.g. a wrong memory slot. Deterministic in `seed`.
+    Each call returns its own copy: a test that edits its model (e.g. turns on top-k) must not change the
+    PyTorch reference of the shared export's parity tests."""
+    return copy.deepcopy(_calibrated_model(variant, size, seed))
+
+
+@functools.lru_cache(maxsize=4)
+@torch.no_grad()
+def _calibrated_model(variant: str, size: tuple[int, int], seed: int) -> MobileVOS:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = build_model(variant)

@@ -317,3 +317,14 @@ def test_top_k_decoder_converts_and_matches_pytorch():
     index = spec.outputs.index("logits")
     logits = got["logits"] if "logits" in got else got[f"output_{index}"]
     np.testing.assert_allclose(logits, expected["logits"].numpy(), atol=1e-3)
+
+
+def test_calibrated_model_returns_independent_copies():
+    """Tests edit their model (top-k above): the cached model the shared export's parity tests read must not change."""
+    edited = calibrated_model()
+    edited.config = type(edited.config).from_dict({**edited.config.to_dict(), "top_k": 5})
+    with torch.no_grad():
+        next(edited.parameters()).add_(1.0)
+    fresh = calibrated_model()
+    assert fresh.config.top_k is None
+    assert not torch.equal(next(fresh.parameters()), next(edited.parameters()))

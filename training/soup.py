@@ -90,11 +90,14 @@ def greedy_soup(ingredients: list[dict], score: Scorer, names: list[str] | None 
 @click.option("--sequences", multiple=True, help="Only these sequences (comma-separated or repeated).")
 @click.option("--size", type=click.IntRange(min=16), default=480, show_default=True, help="Short side.")
 @click.option("--queue-len", type=click.IntRange(1, 20), default=2, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for validation.")
 def soup_command(checkpoints: tuple[Path, ...], out: Path, greedy: bool, val_root: Path | None, dataset: str,
-                 split: str, sequences: tuple[str, ...], size: int, queue_len: int) -> None:
+                 split: str, sequences: tuple[str, ...], size: int, queue_len: int, threads: int | None) -> None:
     """Average checkpoints of one architecture into a uniform (default) or greedy soup."""
     from mvos.training.trainer import score_model
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     if greedy and val_root is None:
         raise MvosError("--greedy ranks ingredients by validation J&F: pass --val-root")
     paths = list(checkpoints)
