@@ -39,14 +39,19 @@ class MobileVOSConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "MobileVOSConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(data) - known
-        if unknown:
-            raise MvosError(f"unknown model config fields: {', '.join(sorted(unknown))}")
-        data = dict(data)
-        if "decoder_dims" in data:
-            data["decoder_dims"] = tuple(data["decoder_dims"])
-        return cls(**data)
+        return config_from_dict(cls, data, "model")
+
+
+def config_from_dict(cls: type, data: dict, what: str):
+    """A model config dataclass from a checkpoint's dict: unknown fields are an error (a checkpoint of another
+    architecture), and `decoder_dims` comes back a tuple (JSON/YAML store lists)."""
+    unknown = set(data) - set(cls.__dataclass_fields__)
+    if unknown:
+        raise MvosError(f"unknown {what} config fields: {', '.join(sorted(unknown))}")
+    data = dict(data)
+    if "decoder_dims" in data:
+        data["decoder_dims"] = tuple(data["decoder_dims"])
+    return cls(**data)
 
 
 # Widths chosen so parameter counts land near the paper's (8.1M / 2.5M / 1.9M; `mvos info` prints ours)

@@ -24,8 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvos.runtime.backbones import check_state_dict, read_state_dict, resnet18, resnet50
-from mvos.runtime.errors import MvosError
-from mvos.runtime.model import KeyFeatures, memory_readout
+from mvos.runtime.model import KeyFeatures, config_from_dict, memory_readout
 from mvos.runtime.modules import Decoder, FeatureFusionBlock, KeyProjection
 
 # Every top-level key prefix of the official checkpoint (tests check each one is present).
@@ -55,13 +54,7 @@ class STCNConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "STCNConfig":
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise MvosError(f"unknown STCN config fields: {', '.join(sorted(unknown))}")
-        data = dict(data)
-        if "decoder_dims" in data:
-            data["decoder_dims"] = tuple(data["decoder_dims"])
-        return cls(**data)
+        return config_from_dict(cls, data, "STCN")
 
 
 class KeyEncoder(nn.Module):
