@@ -1,6 +1,7 @@
 """Fixtures for the adb device simulator (tests/adbd_sim.py). All are named adbsim_*: a private adb
 server for the session, simulated phones connected to it with `adb connect`, a tiny .tflite model and a
-stand-in for the phone's benchmark_model that runs the host's litert-benchmark."""
+stand-in for the phone's benchmark_model that runs the host's litert-benchmark. `no_user_config` hides the
+developer's own device aliases and benchmark binary from the device tests."""
 
 from __future__ import annotations
 
@@ -166,3 +167,12 @@ def adbsim_benchmark_wrapper(tmp_path_factory) -> Path:
     path.write_text(_WRAPPER.replace("{python}", sys.executable))
     path.chmod(0o755)
     return path
+
+
+@pytest.fixture
+def no_user_config(monkeypatch, tmp_path):
+    """No user alias file and no cached or configured benchmark binary from the developer's machine."""
+    monkeypatch.delenv("MVOS_DEVICES", raising=False)
+    monkeypatch.delenv("MVOS_BENCHMARK_MODEL", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

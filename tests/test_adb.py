@@ -22,15 +22,6 @@ def phone_dir(sim, path=DEVICE_DIR) -> Path:
     return sim.local_path(path)
 
 
-@pytest.fixture
-def no_user_config(monkeypatch, tmp_path):
-    """No user alias file and no cached or configured benchmark binary from the developer's machine."""
-    monkeypatch.delenv("MVOS_DEVICES", raising=False)
-    monkeypatch.delenv("MVOS_BENCHMARK_MODEL", raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-
-
 def test_shipped_aliases():
     aliases = load_aliases()
     assert aliases["s22"].models == ("SM-S901*", "SM-S906*", "SM-S908*")

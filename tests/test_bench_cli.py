@@ -14,16 +14,7 @@ SMALL = ["--variant", "mobilenetv2-noaspp", "--size", "32x32", "--queue-len", "1
          "--num-runs", "3", "--warmup-runs", "1", "--no-verify"]
 
 
-@pytest.fixture
-def isolated(monkeypatch, tmp_path):
-    """No user alias file and no cached or configured benchmark binary from the developer's machine."""
-    monkeypatch.delenv("MVOS_DEVICES", raising=False)
-    monkeypatch.delenv("MVOS_BENCHMARK_MODEL", raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-
-
-def test_host_bench_exports_measures_resumes_and_plots(capsys, isolated, tmp_path):
+def test_host_bench_exports_measures_resumes_and_plots(capsys, no_user_config, tmp_path):
     models, results = tmp_path / "exports", tmp_path / "results.csv"
     first = run_mvos(capsys, "bench", "--device", "host", *SMALL, "--model-dir", models, "--out", results,
                      "--plot", tmp_path / "fig.png")
@@ -47,7 +38,7 @@ def test_host_bench_exports_measures_resumes_and_plots(capsys, isolated, tmp_pat
     assert plotted.code == 0 and (tmp_path / "again.png").is_file() and (tmp_path / "again_subgraphs.png").is_file()
 
 
-def test_bad_queue_lengths_and_sizes(capsys, isolated, tmp_path):
+def test_bad_queue_lengths_and_sizes(capsys, no_user_config, tmp_path):
     for args, message in ((["--queue-len", "0..3"], "out of range"), (["--size", "30x32"], "16")):
         result = run_mvos(capsys, "bench", "--device", "host", *args, "--model-dir", tmp_path / "m",
                           "--out", tmp_path / "r.csv")
@@ -55,7 +46,7 @@ def test_bad_queue_lengths_and_sizes(capsys, isolated, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-def test_unknown_device_lists_what_is_connected(capsys, isolated, adbsim_phones, tmp_path):
+def test_unknown_device_lists_what_is_connected(capsys, no_user_config, adbsim_phones, tmp_path):
     sim = adbsim_phones("s22")
     result = run_mvos(capsys, "bench", "--device", "pixel8", *SMALL, "--model-dir", tmp_path / "m",
                       "--out", tmp_path / "r.csv")
@@ -64,7 +55,7 @@ def test_unknown_device_lists_what_is_connected(capsys, isolated, adbsim_phones,
     assert not (tmp_path / "m").exists()  # nothing exported for a device that is not there
 
 
-def test_phone_without_benchmark_binary_says_what_to_download(capsys, isolated, adbsim_phones, tmp_path):
+def test_phone_without_benchmark_binary_says_what_to_download(capsys, no_user_config, adbsim_phones, tmp_path):
     adbsim_phones("s22")
     result = run_mvos(capsys, "bench", "--device", "s22", *SMALL, "--model-dir", tmp_path / "m",
                       "--out", tmp_path / "r.csv")
