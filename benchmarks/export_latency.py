@@ -130,18 +130,19 @@ def main(model_dir, out_csv, variants, queue_lens, precisions, size_text, thread
         for precision in precisions:
             if precision in result.manifest["precisions"]:
                 results[("tflite", precision)] = tflite_rows(folder, precision, inputs, lens, threads, runs, warmup)
+        frames = {key: frame_rows(parts, lens) for key, parts in results.items()}
         for (backend, precision), parts in results.items():
-            for (subgraph, t), ms in {**parts, **frame_rows(parts, lens)}.items():
+            for (subgraph, t), ms in {**parts, **frames[(backend, precision)]}.items():
                 rows.append({"variant": variant, "backend": backend, "precision": precision, "queue_len": t or 0,
                              "subgraph": subgraph, "ms": round(ms, 3), "runs": runs, "threads": threads,
                              "size": f"{size[0]}x{size[1]}"})
         for t in lens:
-            torch_ms = results[("torch", "fp32")][("decoder", t)]
-            frame = {key: frame_rows(parts, lens)[("frame", t)] for key, parts in results.items()}
-            ratios = "  ".join(f"{p} {frame[('tflite', p)] / frame[('torch', 'fp32')]:.2f}"
-                               for b, p in frame if b == "tflite")
-            tqdm.write(f"{variant:<20} T={t:<3} torch frame {frame[('torch', 'fp32')]:8.1f} ms "
-                       f"(decoder {torch_ms:.1f})  tflite/torch: {ratios}")
+            torch_decoder_ms = results[("torch", "fp32")][("decoder", t)]
+            torch_frame_ms = frames[("torch", "fp32")][("frame", t)]
+            ratios = "  ".join(f"{p} {frames[(b, p)][('frame', t)] / torch_frame_ms:.2f}"
+                               for b, p in frames if b == "tflite")
+            tqdm.write(f"{variant:<20} T={t:<3} torch frame {torch_frame_ms:8.1f} ms "
+                       f"(decoder {torch_decoder_ms:.1f})  tflite/torch: {ratios}")
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=FIELDS)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mvos.runtime.io import atomic_path
+
 FIELDS = ["model", "memory", "queue_len", "frames", "fps", "ms_per_frame", "peak_rss_mb", "parameters",
           "memory_mb", "fps_first50", "fps_last50"]
 WINDOW = 50  # frames compared at the start and the end of one run: robust to load drifting between runs
@@ -146,17 +148,15 @@ def main() -> None:
 
 def write_tables(out: Path, rows: list[dict], frames: list[int], size: str, threads: int) -> str:
     """Rewrites table4.csv and table4.md (atomically) with the points measured so far."""
-    tmp = out / ".table4.csv.partial"
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(out / "table4.csv") as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, out / "table4.csv")
     checks = constant_cost_checks(rows, min(frames), max(frames))
     text = (f"Table 4 protocol on this machine: random {size} video, batch 1, {threads} threads, "
             f"PyTorch eager.\n\n{markdown(rows)}\n\n" + "\n".join(f"- {line}" for line in checks) + "\n")
-    (out / ".table4.md.partial").write_text(text)
-    os.replace(out / ".table4.md.partial", out / "table4.md")
+    with atomic_path(out / "table4.md") as tmp:
+        tmp.write_text(text)
     return text
 
 

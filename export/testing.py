@@ -12,7 +12,7 @@ from torch import nn
 
 from mvos.runtime.model import MobileVOS, build_model
 
-TINY_VARIANT = "mobilenetv2"  # has ASPP, so the export's ASPP workaround is exercised
+TINY_VARIANT = "mobilenetv2"  # has ASPP, so its conversion is exercised too
 TINY_SIZE = (64, 64)
 TINY_QUEUE_LENS = (1, 2)
 TINY_PRECISIONS = ("fp32", "int8")
