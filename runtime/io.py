@@ -170,6 +170,14 @@ def write_palette_png(path: str | Path, mask: np.ndarray) -> None:
         palette_image(mask).save(tmp, format="PNG")
 
 
+def make_parent(path: Path) -> None:
+    """Creates the folder an output file or folder goes into, or says in one line why it cannot."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MvosError(f"cannot write to {path.parent}: {exc.strerror}") from None
+
+
 def overlay(frame: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """RGB frame with each object tinted in its palette colour and outlined."""
     colours = DAVIS_PALETTE[mask]
@@ -186,6 +194,7 @@ class OverlayWriter:
 
     def __init__(self, path: str | Path, fps: float, size: tuple[int, int]):
         self.path = Path(path)
+        make_parent(self.path)  # `--overlay out/dog.mp4` on a fresh checkout: out/ does not exist yet
         self.tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix or '.mp4'}")
         self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (size[1], size[0]))
         if not self.writer.isOpened():
@@ -224,8 +233,8 @@ def staged_directory(path: str | Path) -> Iterator[Path]:
     """Yields an empty staging folder beside `path`; on success it replaces `path` whole, on failure it is
     removed, so a folder at `path` is always either the previous complete result or the new one."""
     path = Path(path)
+    make_parent(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     except OSError as exc:
         raise MvosError(f"cannot write to {path.parent}: {exc.strerror}") from None

@@ -30,7 +30,7 @@ def scene(tmp_path_factory):
 def test_segment_end_to_end(capsys, monkeypatch, tmp_path, scene, source):
     monkeypatch.setattr("mvos.runtime.options._warned_random", False)  # said once per process
     out = tmp_path / "out"
-    overlay = tmp_path / "overlay.mp4"
+    overlay = tmp_path / "videos" / "overlay.mp4"  # a folder that does not exist yet, as README's out/dog.mp4
     result = run_mvos(capsys, "segment", scene[source], "--mask", scene["mask"], "--out", out,
                       "--overlay", overlay, *MODEL)
     assert result.code == 0, result.err
