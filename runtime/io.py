@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,6 +211,95 @@ class OverlayWriter:
             self.tmp.unlink(missing_ok=True)
 
 
+# ------------------------------------------------------------------------------------------ output policy
+# Every command that writes follows these rules: nothing it did not create is deleted, moved or overwritten;
+# an output that is, holds or lies inside an input is refused; an existing output is replaced only with
+# --overwrite and only once the new one is complete; a killed run's leftovers are removed by the next run
+# into the same place; files and folders get the permissions the umask gives.
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: Path, folder: bool = False) -> None:
+    """mkstemp/mkdtemp create 0600/0700 entries; give them what an ordinary create would (0644/0755 under 022)."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
+def _resolved(path: str | Path) -> Path:
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
+def check_output(path: str | Path, *, inputs: tuple = (), overwrite: bool = False, merges: bool = False,
+                 flag: str = "--out") -> Path:
+    """Applies the output policy to `path` before anything is computed; returns it.
+
+    Refused with one line: an output that is, contains or lies inside one of `inputs` (whatever the flags);
+    an existing non-empty output without `overwrite`, unless the command merges into its own earlier output.
+    """
+    path = Path(path)
+    out = _resolved(path)
+    for given in inputs:
+        if given is None:
+            continue
+        source = _resolved(given)
+        if out == source or out in source.parents or source in out.parents:
+            raise MvosError(f"{flag} {path} would overwrite the input {given}: choose another output path")
+    if not path.exists() and not path.is_symlink():
+        return path
+    if merges:
+        return path
+    if path.is_dir() and not any(path.iterdir()):
+        return path
+    if not overwrite:
+        kind = "folder" if path.is_dir() else "file"
+        raise MvosError(f"{flag} {path} is an existing {kind}: pass --overwrite to replace it, or choose another path")
+    return path
+
+
+def refuse_existing(path: str | Path, overwrite: bool, flag: str = "--out") -> Path:
+    return check_output(path, overwrite=overwrite, flag=flag)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _partial_prefix(path: Path) -> str:
+    return f".{path.name}.partial-"
+
+
+def remove_stale_partials(path: Path) -> None:
+    """Removes what a killed run left beside `path` (its staging names carry the writer's PID)."""
+    prefix = _partial_prefix(path)
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return
+    for entry in siblings:
+        if not entry.name.startswith(prefix):
+            continue
+        pid = entry.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def _staging_name(path: Path, suffix: str = "") -> str:
+    return f"{_partial_prefix(path)}{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}"
+
+
 # ---------------------------------------------------------------------------------------- atomic writes
 
 
@@ -218,9 +307,13 @@ class OverlayWriter:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yields a temporary path beside `path`; renames it into place only if the block succeeds."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    make_parent(path)
+    remove_stale_partials(path)
+    tmp = path.with_name(_staging_name(path, path.suffix))
+    try:
+        tmp.touch(mode=0o666)  # the umask applies, as for any file the user creates
+    except OSError as exc:
+        raise MvosError(f"cannot write {path}: {exc.strerror}") from None
     try:
         yield tmp
         os.replace(tmp, path)
@@ -231,20 +324,26 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 @contextlib.contextmanager
 def staged_directory(path: str | Path) -> Iterator[Path]:
     """Yields an empty staging folder beside `path`; on success it replaces `path` whole, on failure it is
-    removed, so a folder at `path` is always either the previous complete result or the new one."""
+    removed, so a folder at `path` is always either the previous complete result or the new one.
+    Callers check the output policy first (`check_output`): this replaces what is at `path`."""
     path = Path(path)
     make_parent(path)
+    remove_stale_partials(path)
+    staging = path.with_name(_staging_name(path))
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+        staging.mkdir(mode=0o777)
     except OSError as exc:
         raise MvosError(f"cannot write to {path.parent}: {exc.strerror}") from None
     try:
         yield staging
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        if path.exists() or path.is_symlink():
+            old = path.with_name(_staging_name(path, ".old"))
             os.replace(path, old)
             os.replace(staging, path)
-            shutil.rmtree(old, ignore_errors=True)
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
         else:
             os.replace(staging, path)
     finally:
