@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("mvos.training.evaluate", "eval_command", "Evaluate on DAVIS 2016/2017 or YouTube-VOS (J&F)."),
     "synth": ("mvos.training.synth", "synth_command", "Generate a synthetic DAVIS-layout dataset."),
     "train": ("mvos.training.trainer", "train_command", "Train a student with distillation from a teacher."),
+    "import-backbone": ("mvos.training.imagenet", "import_backbone_command",
+                        "Convert a TFLite ImageNet MobileNetV2 classifier into key encoder weights."),
     "soup": ("mvos.training.soup", "soup_command", "Average checkpoints into a uniform or greedy model soup."),
     "export": ("mvos.export.cli", "export_command", "Export TFLite subgraphs with an explicit memory state."),
     "bench": ("mvos.device.cli", "bench_command", "Benchmark exported models on a phone over adb (or the host)."),
