@@ -170,6 +170,111 @@ class Colour:
         return np.clip(x, 0.0, 1.0)
 
 
+# ------------------------------------------------------------------------------------------ copy-paste
+
+
+@dataclass(frozen=True)
+class Paste:
+    """One extra object pasted over a clip (multi-object clips from single-object data, with occlusions)."""
+
+    p: float = 0.0  # probability that a clip gets an extra object
+    size: tuple[float, float] = (0.2, 0.6)  # the object's longer side as a fraction of the crop's
+    drift: float = 0.05  # largest per-frame shift, as a fraction of the crop side
+    feather: float = 1.0  # edge blur (pixels) so the paste boundary is no give-away
+
+
+class DonorBank:
+    """Objects to paste: image/mask pairs (each one still) and video sequences (whose objects move on their
+    own through consecutive frames). A donor is a list of (RGB uint8, bool mask) frames."""
+
+    def __init__(self, pairs: SequenceOf[tuple[Path, Path]] = (), sequences: SequenceOf = (),
+                 dataset: str = "davis2016", mask_reader: Callable[[Path], np.ndarray] = read_mask):
+        self.pairs = [(Path(i), Path(m)) for i, m in pairs]
+        self.sequences = list(sequences)
+        self.read_mask = mask_reader
+        self.read_annotation = _dataset_reader(dataset) if self.sequences else None
+        if not self.pairs and not self.sequences:
+            raise MvosError("copy-paste needs donors: image/mask pairs or video sequences")
+
+    def draw(self, rng: np.random.Generator, num_frames: int, exclude: str | None = None) -> list | None:
+        total = len(self.pairs) + len(self.sequences)
+        pick = int(rng.integers(total))
+        if pick < len(self.pairs):
+            image_path, mask_path = self.pairs[pick]
+            mask = self.read_mask(mask_path) > 0
+            return [(read_image(image_path), mask)] * num_frames
+        seq = self.sequences[pick - len(self.pairs)]
+        if seq.name == exclude or len(seq.mask_paths) < num_frames:
+            return None
+        annotated = sorted(seq.mask_paths)
+        start = int(rng.integers(len(annotated) - num_frames + 1))
+        frames = annotated[start:start + num_frames]
+        object_id = int(rng.choice(seq.object_ids)) if seq.object_ids else 1
+        return [(read_image(seq.frame_paths[t]), self.read_annotation(seq.mask_paths[t]) == object_id) for t in frames]
+
+
+def paste_object(images: list[np.ndarray], labels: list[np.ndarray], donor: list, new_id: int,
+                 rng: np.random.Generator, paste: Paste, min_pixels: int) -> bool:
+    """Pastes the donor's object over every frame (in place) as object `new_id`, moving along a random
+    straight path. images: uint8 RGB crops; labels: uint8 id maps. False (nothing changed) when the object
+    would be too small in the first frame."""
+    out_h, out_w = labels[0].shape
+    ys, xs = np.nonzero(donor[0][1])
+    if len(ys) < min_pixels:
+        return False
+    box_h, box_w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+    scale = rng.uniform(*paste.size) * min(out_h, out_w) / max(box_h, box_w)
+    centre = np.array([(xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2])
+    start = rng.uniform(0.15, 0.85, 2) * (out_w, out_h)
+    velocity = rng.uniform(-paste.drift, paste.drift, 2) * min(out_h, out_w)
+    flip = rng.random() < 0.5
+    warped = []
+    for t, (image, mask) in enumerate(donor):
+        to_origin = _translation(-centre[0], -centre[1])
+        mirror = np.diag([-1.0, 1.0, 1.0]) if flip else np.eye(3)
+        grow = 1.0 + 0.02 * t * (1 if velocity[0] > 0 else -1)  # a little approach or retreat
+        place = _translation(*(start + velocity * t)) @ np.diag([scale * grow, scale * grow, 1.0]) @ mirror
+        m = (place @ to_origin)[:2]
+        alpha = cv2.warpAffine(mask.astype(np.float32), m, (out_w, out_h), flags=cv2.INTER_LINEAR, borderValue=0)
+        if paste.feather > 0:
+            alpha = cv2.GaussianBlur(alpha, (0, 0), paste.feather)
+        rgb = cv2.warpAffine(image, m, (out_w, out_h), flags=cv2.INTER_LINEAR, borderValue=_FILL)
+        warped.append((rgb, alpha))
+    if int((warped[0][1] > 0.5).sum()) < min_pixels:
+        return False
+    for t, (rgb, alpha) in enumerate(warped):
+        a = alpha[..., None]
+        images[t] = (rgb.astype(np.float32) * a + images[t].astype(np.float32) * (1 - a)).round().astype(np.uint8)
+        labels[t] = np.where(alpha > 0.5, np.uint8(new_id), labels[t])
+    return True
+
+
+def _visible(label: np.ndarray, chosen: list[int], min_pixels: int) -> bool:
+    counts = np.bincount(label.ravel(), minlength=256)
+    return all(counts[i] >= min_pixels for i in chosen)
+
+
+def maybe_paste(images: list[np.ndarray], labels: list[np.ndarray], chosen: list[int], max_objects: int,
+                bank: DonorBank | None, paste: Paste, rng: np.random.Generator, min_pixels: int,
+                source: str | None = None) -> list[int]:
+    """With probability paste.p (and room for another object), pastes one and returns the new chosen ids;
+    keeps the clip as it was if a pasted object would hide a chosen one in the first frame."""
+    if bank is None or len(chosen) >= max_objects or rng.random() >= paste.p:
+        return chosen
+    donor = bank.draw(rng, len(images), exclude=source)
+    if donor is None:
+        return chosen
+    new_id = max(int(label.max()) for label in labels) + 1
+    if new_id > 254:
+        return chosen
+    kept_images, kept_labels = list(images), list(labels)
+    if not paste_object(images, labels, donor, new_id, rng, paste, min_pixels) \
+            or not _visible(labels[0], chosen, min_pixels):
+        images[:], labels[:] = kept_images, kept_labels
+        return chosen
+    return chosen + [new_id]
+
+
 # ------------------------------------------------------------------------------------------ clip assembly
 
 
@@ -224,7 +329,8 @@ class VideoClipDataset(Dataset):
                  crop: int | tuple[int, int] = 384, max_objects: int = 3, dataset: str = "davis2017",
                  augment: Augment = Augment(), min_object_pixels: int = 100, max_tries: int = 10,
                  reverse_p: float = 0.5, max_short_side: int | None = 480,
-                 annotation_reader: Callable[[Path], np.ndarray] | None = None):
+                 annotation_reader: Callable[[Path], np.ndarray] | None = None,
+                 paste: Paste = Paste(), donors: DonorBank | None = None):
         if num_frames < 1 or max_objects < 1:
             raise MvosError("a clip needs at least one frame and one object")
         self.sequences = [s for s in sequences if len(s.mask_paths) >= num_frames]
@@ -235,6 +341,7 @@ class VideoClipDataset(Dataset):
         self.min_object_pixels, self.max_tries, self.reverse_p = min_object_pixels, max_tries, reverse_p
         self.max_short_side = max_short_side
         self.read_annotation = annotation_reader or _dataset_reader(dataset)
+        self.paste, self.donors = paste, donors
         self.set_max_gap(max_gap)
 
     def set_max_gap(self, max_gap: int) -> None:
@@ -279,16 +386,14 @@ class VideoClipDataset(Dataset):
         chosen = choose_objects(rng, first_label, seq.object_ids, self.max_objects, self.min_object_pixels)
         if not chosen:
             return None
+        warped = [(first_image, first_label)] + [warp(*self._load(seq, frame), jitters[t] @ view, aug.crop)
+                                                 for t, frame in enumerate(frames) if t > 0]
+        images, labels = [w[0] for w in warped], [w[1] for w in warped]
+        chosen = maybe_paste(images, labels, chosen, self.max_objects, self.donors, self.paste, rng,
+                             self.min_object_pixels, source=seq.name)
         colour = Colour.sample(rng, aug.brightness, aug.contrast, aug.saturation, aug.grayscale_p)
-        images, labels = [], []
-        for t, frame in enumerate(frames):
-            if t > 0:
-                image, label = warp(*self._load(seq, frame), jitters[t] @ view, aug.crop)
-            else:
-                image, label = first_image, first_label
-            c = aug.frame_colour
-            images.append(colour.compose(Colour.sample(rng, c, c, c)).apply(image))
-            labels.append(label)
+        c = aug.frame_colour
+        images = [colour.compose(Colour.sample(rng, c, c, c)).apply(image) for image in images]
         return assemble(images, labels, chosen, self.max_objects, {"name": seq.name, "frames": frames})
 
 
@@ -306,7 +411,8 @@ class StaticImageDataset(Dataset):
                  crop: int | tuple[int, int] = 384, max_objects: int = 3, augment: Augment = STATIC_AUGMENT,
                  elastic_p: float = 0.5, elastic_alpha: float = 8.0, elastic_grid: int = 6,
                  min_object_pixels: int = 100, max_tries: int = 10,
-                 mask_reader: Callable[[Path], np.ndarray] = read_mask):
+                 mask_reader: Callable[[Path], np.ndarray] = read_mask,
+                 paste: Paste = Paste(), donors: DonorBank | None = None):
         if not pairs:
             raise MvosError("no image/mask pairs for the static-image dataset")
         self.pairs = [(Path(i), Path(m)) for i, m in pairs]
@@ -315,6 +421,7 @@ class StaticImageDataset(Dataset):
         self.elastic_p, self.elastic_alpha, self.elastic_grid = elastic_p, elastic_alpha, elastic_grid
         self.min_object_pixels, self.max_tries = min_object_pixels, max_tries
         self.read_mask = mask_reader
+        self.paste, self.donors = paste, donors
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -348,9 +455,12 @@ class StaticImageDataset(Dataset):
                 chosen = choose_objects(rng, label, range(1, 255), self.max_objects, self.min_object_pixels)  # 255: void
                 if not chosen:
                     return None
-            colour = Colour.sample(rng, aug.brightness, aug.contrast, aug.saturation, aug.grayscale_p)
-            images.append(colour.apply(frame))
+            images.append(frame)
             labels.append(label)
+        chosen = maybe_paste(images, labels, chosen, self.max_objects, self.donors, self.paste, rng,
+                             self.min_object_pixels)
+        images = [Colour.sample(rng, aug.brightness, aug.contrast, aug.saturation, aug.grayscale_p).apply(frame)
+                  for frame in images]
         return assemble(images, labels, chosen, self.max_objects,
                         {"name": image_path.stem, "frames": [0] * self.num_frames})
 

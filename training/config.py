@@ -17,6 +17,7 @@ from mvos.runtime.errors import MvosError
 
 STAGES = ("static", "main")
 FREEZE_BN = ("all", "key_encoder", "none")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -32,17 +33,27 @@ class SourceConfig:
 
 
 @dataclass
+class ImageSourceConfig:
+    """Images with one mask each: `masks` holds a PNG of the same relative path, or masks sit beside images."""
+
+    images: str = ""
+    masks: str | None = None
+
+
+@dataclass
 class DataConfig:
-    """Training clips: stage `main` reads `sources` (videos), stage `static` reads images + masks."""
+    """Training clips: stage `main` reads `sources` (videos), stage `static` reads `images` (image + mask)."""
 
     sources: list[SourceConfig] = field(default_factory=list)
-    image_root: str | None = None  # static stage: images, with masks beside them or under mask_root
-    mask_root: str | None = None
+    images: list[ImageSourceConfig] = field(default_factory=list)  # the static stage's pseudo-clips
     clip_frames: int = 5  # frame 0 is given, losses on frames 1..T-1
     crop: int = 384
     max_objects: int = 2
     max_gap: int = 5  # most annotated frames between consecutive clip frames
     augment: dict = field(default_factory=dict)  # fields of training.clips.Augment to change
+    paste: dict = field(default_factory=dict)  # fields of training.clips.Paste (p > 0 turns it on)
+    paste_images: list[ImageSourceConfig] = field(default_factory=list)  # objects to paste
+    paste_videos: bool = False  # also paste objects (moving) from the other sequences of `sources`
 
 
 @dataclass
@@ -108,6 +119,9 @@ class TrainConfig:
     run_dir: str = "runs/train"
     seed: int = 0
     threads: int | None = None
+    precision: str = "fp32"  # fp32 | bf16 (autocast; this CPU has AVX512-BF16) | fp16 (CUDA, with a scaler)
+    channels_last: bool = False  # NHWC activations: faster convolutions on CPUs and tensor cores
+    prefetch: bool = True  # build the next batch in a background thread while this one trains
     batch_size: int = 4
     iterations: int = 10_000
     checkpoint_every: int = 500
@@ -144,6 +158,7 @@ class TrainConfig:
             (1 <= self.student.queue_len <= 20, "student.queue_len must be in 1..20"),
             (self.optim.lr > 0, "optim.lr must be positive"),
             (self.optim.freeze_bn in FREEZE_BN, f"optim.freeze_bn must be one of {', '.join(FREEZE_BN)}"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
             (0.0 <= self.loss.w <= 1.0, "loss.w must be in [0, 1]"),
             (self.loss.tau > 0, "loss.tau must be positive"),
             (0.0 < self.loss.top_p_end <= 1.0 and 0.0 < self.loss.top_p_start <= 1.0,
@@ -161,8 +176,12 @@ class TrainConfig:
                 raise MvosError(f"config: data.sources[{i}].root is required")
             if source.repeat < 1:
                 raise MvosError(f"config: data.sources[{i}].repeat must be at least 1")
-        if self.stage == "static" and not self.data.image_root:
-            raise MvosError("config: data.image_root is required for the static stage")
+        if self.stage == "static" and not self.data.images:
+            raise MvosError("config: data.images is required for the static stage")
+        for name, sources in (("images", self.data.images), ("paste_images", self.data.paste_images)):
+            for i, source in enumerate(sources):
+                if not source.images:
+                    raise MvosError(f"config: data.{name}[{i}].images is required")
         if self.val.sequences and not self.val.root:
             raise MvosError("config: val.root is required when val.sequences are given")
         if self.distills and not self.teacher.model:

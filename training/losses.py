@@ -40,18 +40,24 @@ def bootstrap_top_p(iteration: int, warmup_iters: int, start: float = 1.0, end: 
     return start + (end - start) * t
 
 
-def bootstrapped_poly_ce(logits: Tensor, target: Tensor, top_p: float, epsilon: float = 1.0) -> Tensor:
-    """Mean poly-1 loss over the hardest `top_p` fraction of all pixels in the batch (as STCN's BootstrappedCE).
+def bootstrapped_poly_ce(logits: Tensor, target: Tensor, top_p: float, epsilon: float = 1.0,
+                         frames: int = 1) -> Tensor:
+    """STCN's BootstrappedCE with the poly-1 loss: per image, the mean over its hardest `top_p` pixels;
+    averaged over the clips of the batch and summed over the `frames` predicted frames of a clip.
 
-    logits (B,K,H,W) over background + objects, target (B,H,W) long in 0..K-1 -> scalar.
+    logits (F*B,K,H,W) over background + objects, frame-major (all clips' frame 1, then frame 2, ...);
+    target (F*B,H,W) long in 0..K-1 -> scalar. STCN calls its loss per frame and per clip, adds
+    `loss / batch` for each, and sums the frames, so every frame counts fully and no clip's easy pixels
+    dilute another's hard ones.
     """
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    raw = poly1_cross_entropy(logits, target, epsilon).flatten()
-    if top_p >= 1.0:
-        return raw.mean()
-    k = max(1, int(raw.numel() * top_p))
-    return raw.topk(k, sorted=False).values.mean()
+    if logits.shape[0] % frames:
+        raise ValueError(f"{logits.shape[0]} images are not {frames} frames of whole clips")
+    raw = poly1_cross_entropy(logits, target, epsilon).flatten(1)  # (F*B,HW)
+    if top_p < 1.0:
+        raw = raw.topk(max(1, int(raw.shape[1] * top_p)), dim=1, sorted=False).values
+    return raw.mean(dim=1).sum() / (logits.shape[0] // frames)
 
 
 def boundary_mask(labels: Tensor, band: int) -> Tensor:
@@ -178,14 +184,15 @@ class DistillationLoss(nn.Module):
     def forward(self, logits: Tensor, target: Tensor, iteration: int, *,
                 teacher_logits: Tensor | None = None, z_student: Tensor | None = None,
                 z_teacher: Tensor | None = None, num_objects: Tensor | list[int] | None = None,
-                generator: torch.Generator | None = None) -> dict[str, Tensor]:
+                generator: torch.Generator | None = None, frames: int = 1) -> dict[str, Tensor]:
         """logits, teacher_logits (B,1+N,H,W) aggregated over bg + objects; target (B,H,W) long;
         z_student (B*N,Cs,h,w), z_teacher (B*N,Ct,h,w) decoder features before the prediction conv;
-        num_objects (B,) real objects per clip (padded objects are skipped in L_repr).
+        num_objects (B,) real objects per clip (padded objects are skipped in L_repr); frames: predicted
+        frames per clip (rows are frame-major), over which the cross-entropy is summed.
         Without teacher outputs the distillation terms are zero (plain supervised training).
         """
         top_p = self.top_p(iteration)
-        xe = bootstrapped_poly_ce(logits, target, top_p, self.poly_epsilon)
+        xe = bootstrapped_poly_ce(logits, target, top_p, self.poly_epsilon, frames)
         zero = logits.new_zeros(())
         logit_term, repr_term = zero, zero
         if teacher_logits is not None or z_teacher is not None:

@@ -78,7 +78,8 @@ def rollout(model: nn.Module, frames: torch.Tensor, first_masks: torch.Tensor, n
             memory_keys = torch.stack([keys[s] for s in slots], dim=2).flatten(2)  # B,Ck,M
             memory_values = torch.stack([values[s] for s in slots], dim=2).flatten(2)  # B,N*Cv,M
             frame_logits, z = model.segment(at, memory_keys, memory_values, n)  # B*N,1,H,W ; B*N,C,h4,w4
-            object_probs = torch.sigmoid(frame_logits).view(b, n, height, width) * selector
+            # float32: under bf16 autocast 1 - 1e-7 rounds to 1 and the aggregated logit becomes infinite.
+            object_probs = torch.sigmoid(frame_logits.float()).view(b, n, height, width) * selector
             aggregated = aggregated_logits(object_probs, dim=1)  # B,1+N,H,W
             probs = F.softmax(aggregated, dim=1)[:, 1:]
             logits.append(aggregated)
@@ -103,49 +104,88 @@ def set_train_mode(model: nn.Module, freeze_bn: str) -> None:
 
 
 def training_step(student: MobileVOS, teacher: nn.Module | None, criterion: DistillationLoss, batch: dict,
-                  iteration: int, queue_len: int) -> dict[str, torch.Tensor]:
-    """Forward both networks on one batch and return the loss dict (loss has the graph)."""
+                  iteration: int, queue_len: int, precision: str = "fp32") -> dict[str, torch.Tensor]:
+    """Forward both networks on one batch and return the loss dict (loss has the graph). `precision` bf16 or
+    fp16 runs the networks under autocast; the losses are computed in float32."""
     frames, masks, labels = batch["frames"], batch["masks"], batch["labels"]  # B,T,3,H,W ; B,T,N,H,W ; B,T,H,W
     num_objects = batch["num_objects"]  # B
     t = frames.shape[1]
-    out = rollout(student, frames, masks[:, 0], num_objects, queue_len)
+    with autocast(frames.device, precision):
+        out = rollout(student, frames, masks[:, 0], num_objects, queue_len)
+        reference = None
+        if teacher is not None:
+            with torch.no_grad():
+                reference = rollout(teacher, frames, masks[:, 0], num_objects, None)
     target = labels[:, 1:].transpose(0, 1).flatten(0, 1)  # (T-1)*B,H,W frame-major like the rollout
     objects = num_objects.repeat(t - 1)
     kwargs = {}
-    if teacher is not None:
-        with torch.no_grad():
-            reference = rollout(teacher, frames, masks[:, 0], num_objects, None)
+    if reference is not None:
         if criterion.logit_weight > 0:
-            kwargs["teacher_logits"] = reference.logits
+            kwargs["teacher_logits"] = reference.logits.float()
         if criterion.repr_weight > 0:
-            kwargs.update(z_student=out.z, z_teacher=reference.z)
-    return criterion(out.logits, target, iteration, num_objects=objects, **kwargs)
+            kwargs.update(z_student=out.z.float(), z_teacher=reference.z.float())
+    return criterion(out.logits.float(), target, iteration, num_objects=objects, frames=t - 1, **kwargs)
+
+
+def autocast(device: torch.device, precision: str):
+    """Mixed precision for the networks: bf16 (CPUs with AVX512-BF16, recent GPUs) or fp16 (GPUs)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype, enabled=dtype is not None)
 
 
 # -------------------------------------------------------------------------------------------- data
 
 
-def build_dataset(config: TrainConfig):
+def _image_pairs(sources, what: str) -> list[tuple[Path, Path]]:
+    from mvos.training.clips import find_image_mask_pairs
+
+    pairs = []
+    for source in sources:
+        pairs += find_image_mask_pairs(Path(source.images), Path(source.masks) if source.masks else None)
+    return pairs
+
+
+def _replace_fields(base, changes: dict, what: str):
     from dataclasses import replace
 
-    from mvos.training.clips import STATIC_AUGMENT, Augment, StaticImageDataset, VideoClipDataset, \
-        find_image_mask_pairs
+    try:
+        return replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()})
+    except TypeError as exc:
+        raise MvosError(f"config: data.{what}: {exc}") from None
+
+
+class ClipMixture:
+    """Clip datasets sampled in proportion to their size times their `repeat` weight (as repeating a
+    dataset in a ConcatDataset), through `sample(rng)` so a batch is a function of its seed alone."""
+
+    def __init__(self, parts: list[tuple[object, int]]):
+        self.parts = parts
+        self.sizes = np.array([len(d) * repeat for d, repeat in parts])
+
+    def __len__(self) -> int:
+        return int(self.sizes.sum())
+
+    def sample(self, rng: np.random.Generator) -> dict:
+        part = int(rng.choice(len(self.parts), p=self.sizes / self.sizes.sum())) if len(self.parts) > 1 else 0
+        dataset = self.parts[part][0]
+        return dataset.sample(int(rng.integers(len(dataset))), rng)
+
+
+def build_dataset(config: TrainConfig) -> ClipMixture:
+    from mvos.training.clips import STATIC_AUGMENT, Augment, DonorBank, Paste, StaticImageDataset, VideoClipDataset
 
     data = config.data
-    base = STATIC_AUGMENT if config.stage == "static" else Augment()
-    try:
-        augment = replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in data.augment.items()})
-    except TypeError as exc:
-        raise MvosError(f"config: data.augment: {exc}") from None
-    common = dict(num_frames=data.clip_frames, crop=data.crop, max_objects=data.max_objects, augment=augment)
+    augment = _replace_fields(STATIC_AUGMENT if config.stage == "static" else Augment(), data.augment, "augment")
+    paste = _replace_fields(Paste(), data.paste, "paste")
+    common = dict(num_frames=data.clip_frames, crop=data.crop, max_objects=data.max_objects, augment=augment,
+                  paste=paste)
+    donor_pairs = _image_pairs(data.paste_images, "paste_images")
     if config.stage == "static":
-        pairs = find_image_mask_pairs(Path(data.image_root), Path(data.mask_root) if data.mask_root else None)
-        return StaticImageDataset(pairs, **common)
-    from torch.utils.data import ConcatDataset
-
+        donors = DonorBank(donor_pairs) if paste.p > 0 and donor_pairs else None
+        return ClipMixture([(StaticImageDataset(_image_pairs(data.images, "images"), donors=donors, **common), 1)])
     from mvos.training.datasets import load_dataset
 
-    parts = []
+    chosen = []
     for i, source in enumerate(data.sources):
         sequences = load_dataset(source.dataset, Path(source.root), source.split, source.sequences)
         unknown = sorted(set(source.exclude) - {s.name for s in sequences})
@@ -155,18 +195,56 @@ def build_dataset(config: TrainConfig):
         sequences = [s for s in sequences if s.name not in set(source.exclude)]
         if not sequences:
             raise MvosError(f"config: data.sources[{i}] has no sequences left after its exclude list")
-        clips = VideoClipDataset(sequences, dataset=source.dataset, max_gap=data.max_gap, **common)
-        parts += [clips] * source.repeat
-    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+        chosen.append((source, sequences))
+    donors = None
+    if paste.p > 0:
+        donor_videos = [s for _, seqs in chosen for s in seqs] if data.paste_videos else []
+        if donor_pairs or donor_videos:
+            # DonorBank reads each video's masks as its own dataset does; sources here share one format.
+            donors = DonorBank(donor_pairs, donor_videos, dataset=chosen[0][0].dataset)
+    parts = [(VideoClipDataset(seqs, dataset=source.dataset, max_gap=data.max_gap, donors=donors, **common),
+              source.repeat) for source, seqs in chosen]
+    return ClipMixture(parts)
 
 
-def next_batch(dataset, batch_size: int) -> dict:
-    """A batch of random clips drawn with torch's global generator, so the RNG state saved in a checkpoint
-    decides every later batch (resumed runs see the batches an uninterrupted run would)."""
-    items = [dataset[int(i)] for i in torch.randint(len(dataset), (batch_size,))]
+def batch_seed(seed: int, iteration: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence([seed, iteration])
+
+
+def make_batch(dataset: ClipMixture, seed: int, iteration: int, start: int, count: int) -> dict:
+    """Clips start..start+count-1 of iteration `iteration`'s global batch. Each clip's randomness comes from
+    (seed, iteration, its position) alone, so resuming, prefetching and splitting a batch over processes all
+    see exactly the clips one uninterrupted process would."""
+    children = batch_seed(seed, iteration).spawn(start + count)[start:]
+    items = [dataset.sample(np.random.default_rng(child)) for child in children]
     return {"frames": torch.stack([x["frames"] for x in items]), "masks": torch.stack([x["masks"] for x in items]),
             "labels": torch.stack([x["labels"] for x in items]),
             "num_objects": torch.tensor([x["num_objects"] for x in items])}
+
+
+class BatchPrefetcher:
+    """Builds iteration i+1's batch in a background thread while iteration i trains (OpenCV and JPEG
+    decoding release the GIL)."""
+
+    def __init__(self, dataset: ClipMixture, seed: int, start: int, count: int, enabled: bool = True):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.args = (dataset, seed)
+        self.start, self.count = start, count
+        self.pool = ThreadPoolExecutor(max_workers=1) if enabled else None
+        self.pending: dict[int, object] = {}
+
+    def get(self, iteration: int) -> dict:
+        if self.pool is None:
+            return make_batch(*self.args, iteration, self.start, self.count)
+        future = self.pending.pop(iteration, None) or self.pool.submit(make_batch, *self.args, iteration,
+                                                                        self.start, self.count)
+        self.pending[iteration + 1] = self.pool.submit(make_batch, *self.args, iteration + 1, self.start, self.count)
+        return future.result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -306,9 +384,13 @@ class Trainer:
         random.seed(config.seed)
         self.dataset = build_dataset(config)
         self.student = build_student(config)
+        if config.channels_last:
+            self.student = self.student.to(memory_format=torch.channels_last)
         self.teacher = None
         if config.distills:
             self.teacher = build_teacher(config.teacher.model, config.teacher.weights, top_k=config.teacher.top_k)
+            if config.channels_last:
+                self.teacher = self.teacher.to(memory_format=torch.channels_last)
         elif config.teacher.model:
             click.echo("note: the teacher is not run: loss.logit_weight and loss.repr_weight are 0", err=True)
         self.criterion = build_criterion(config, self.student, self.teacher)
@@ -351,10 +433,23 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         _write_config(self.run_dir / "config.yaml", config)
         set_train_mode(self.student, config.optim.freeze_bn)
-        window: dict[str, float] = {}
-        window_steps, window_time = 0, 0.0
         bar = tqdm(total=config.iterations, initial=self.iteration, desc=f"train {config.stage}", unit="it",
                    dynamic_ncols=True, disable=not self.progress)
+        self.batches = BatchPrefetcher(self.dataset, config.seed, 0, config.batch_size, enabled=config.prefetch)
+        try:
+            self._loop(bar)
+        finally:
+            self.batches.close()
+        bar.close()
+        final = self.run_dir / FINAL
+        save_checkpoint(final, self.student, iteration=self.iteration, stage=config.stage,
+                        train_config=config.to_dict())
+        return final
+
+    def _loop(self, bar: tqdm) -> None:
+        config = self.config
+        window: dict[str, float] = {}
+        window_steps, window_time = 0, 0.0
         while self.iteration < config.iterations:
             start = time.perf_counter()
             losses = self._step()
@@ -376,16 +471,11 @@ class Trainer:
                 self._validate(bar)
             if self.iteration % config.checkpoint_every == 0 or last:
                 self._checkpoint()
-        bar.close()
-        final = self.run_dir / FINAL
-        save_checkpoint(final, self.student, iteration=self.iteration, stage=config.stage,
-                        train_config=config.to_dict())
-        return final
 
     def _step(self) -> dict[str, torch.Tensor]:
-        batch = next_batch(self.dataset, self.config.batch_size)
+        batch = self.batches.get(self.iteration)
         losses = training_step(self.student, self.teacher, self.criterion, batch, self.iteration,
-                               self.config.student.queue_len)
+                               self.config.student.queue_len, self.config.precision)
         if not torch.isfinite(losses["loss"]):
             raise MvosError(f"the loss is {float(losses['loss'])} at iteration {self.iteration + 1}; "
                             f"lower optim.lr or set optim.grad_clip")
