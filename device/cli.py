@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -30,6 +31,13 @@ def bench_points(model_dir: Path, label: str, manifest: dict, precisions: list[s
     return points
 
 
+def plot_outputs(plot_path: Path | None) -> list[Path]:
+    """The files `plot_results` writes for --out/--plot PATH."""
+    from mvos.device.plots import plot_paths
+
+    return [] if plot_path is None else plot_paths(plot_path)
+
+
 @click.command("bench")
 @click.option("--device", "device_spec", required=True,
               help="A phone's serial, an alias from the device table (e.g. s22), or `host`.")
@@ -46,28 +54,39 @@ def bench_points(model_dir: Path, label: str, manifest: dict, precisions: list[s
               help="Objects tracked: the value encoder runs once per object in the per-frame latency.")
 @click.option("--model-dir", required=True, type=click.Path(path_type=Path),
               help="Folder of exports (one sub-folder per model); what is missing is exported first.")
-@click.option("--out", "out_csv", required=True, type=click.Path(path_type=Path), help="Results CSV (appended).")
+@click.option("--out", "out_csv", required=True, type=click.Path(path_type=Path),
+              help="Results CSV; an existing one needs --resume (add to it) or --overwrite.")
 @click.option("--benchmark-binary", type=click.Path(path_type=Path), default=None,
               help="The official TFLite benchmark_model for the phone's ABI (or $MVOS_BENCHMARK_MODEL).")
 @click.option("--num-runs", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--warmup-runs", type=click.IntRange(min=0), default=5, show_default=True)
 @click.option("--op-profiling", is_flag=True, help="Pass --enable_op_profiling to benchmark_model.")
 @click.option("--timeout", "timeout_s", type=float, default=900.0, show_default=True, help="Seconds per run.")
-@click.option("--resume", is_flag=True, help="Skip points already in the results CSV.")
+@click.option("--resume", is_flag=True, help="Add to an existing results CSV, skipping the points it already has.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing results CSV (and plots) once the new one is complete.")
 @click.option("--no-verify", is_flag=True, help="Skip the PyTorch parity check of new exports.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None, help="Also write the plots.")
 def bench_command(device_spec, variants, weights, queue_len_text, use_gpu, threads, precision_text, size_text,
                   objects, model_dir, out_csv, benchmark_binary, num_runs, warmup_runs, op_profiling, timeout_s,
-                  resume, no_verify, plot_path) -> None:
+                  resume, overwrite, no_verify, plot_path) -> None:
     """Per-frame latency (key encoder + value encoder + decoder) against memory queue length."""
     from mvos.device.adb import resolve_device
     from mvos.device.plots import plot_results
     from mvos.device.results import per_frame_latency, read_results
     from mvos.device.runner import SweepSettings, locate_benchmark_binary, run_points
     from mvos.export.exporter import ensure_exported
+    from mvos.runtime.io import staging_path
     from mvos.runtime.checkpoint import read_checkpoint
     from mvos.runtime.tflite import PRECISIONS
 
+    from mvos.runtime.io import check_output
+
+    if resume and overwrite:
+        raise MvosError("--resume adds to the results CSV and --overwrite replaces it: choose one")
+    inputs = (*weights, benchmark_binary)
+    check_output(out_csv, inputs=(*inputs, model_dir), overwrite=overwrite, merges=resume)
+    for path in plot_outputs(plot_path):
+        check_output(path, inputs=(*inputs, out_csv), overwrite=overwrite or resume, flag="--plot")
     queue_lens = parse_queue_lens((queue_len_text,))
     size = parse_size(size_text)
     precisions = [p.strip() for p in precision_text.split(",") if p.strip()]
@@ -93,8 +112,14 @@ def bench_command(device_spec, variants, weights, queue_len_text, use_gpu, threa
 
     settings = SweepSettings(use_gpu=use_gpu, threads=threads, num_runs=num_runs, warmup_runs=warmup_runs,
                              op_profiling=op_profiling, timeout_s=timeout_s, benchmark_binary=benchmark_binary)
-    written = run_points(device, points, out_csv, settings, resume=resume)
-    click.echo(f"{written} measurement(s) appended to {out_csv}" + (" (others already done)" if resume else ""))
+    if overwrite:  # measure into a new file beside it: the old results stay until the new ones are complete
+        fresh = staging_path(out_csv)
+        written = run_points(device, points, fresh, settings, resume=False)
+        if fresh.exists():
+            os.replace(fresh, out_csv)
+    else:
+        written = run_points(device, points, out_csv, settings, resume=resume)
+    click.echo(f"{written} measurement(s) written to {out_csv}" + (" (others already done)" if resume else ""))
 
     table = per_frame_latency(read_results(out_csv), objects=objects)
     labels = {label for label, _ in models}
@@ -113,9 +138,14 @@ def bench_command(device_spec, variants, weights, queue_len_text, use_gpu, threa
 @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path),
               help="PNG of latency vs queue length; the per-subgraph plot goes beside it (<name>_subgraphs.png).")
 @click.option("--objects", type=click.IntRange(min=1), default=1, show_default=True)
-def plot_command(results_csv: Path, out_path: Path, objects: int) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace existing plots.")
+def plot_command(results_csv: Path, out_path: Path, objects: int, overwrite: bool) -> None:
     """Latency vs memory queue length per variant (paper Figure 4) and per-subgraph stacked latency."""
     from mvos.device.plots import plot_results
+    from mvos.runtime.io import check_output
+
+    for path in plot_outputs(out_path):
+        check_output(path, inputs=(results_csv,), overwrite=overwrite)
 
     for path in plot_results(results_csv, out_path, objects=objects):
         click.echo(f"wrote {path}")

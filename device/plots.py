@@ -3,7 +3,6 @@ MobileVOS paper's Figure 4, with the 33 ms real-time line) and the per-subgraph 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +11,7 @@ from matplotlib.ticker import MaxNLocator
 
 from mvos.device.results import SUBGRAPHS, per_frame_latency, read_results
 from mvos.runtime.errors import MvosError
+from mvos.runtime.io import atomic_path
 
 REALTIME_MS = 1000.0 / 30.0
 SUBGRAPH_LABELS = {"key_encoder": "key encoder", "value_encoder": "value encoder", "decoder": "decoder"}
@@ -33,14 +33,8 @@ def _realtime_line(ax) -> None:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -101,12 +95,18 @@ def subgraph_plot_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}_subgraphs{out.suffix or '.png'}")
 
 
-def plot_results(csv: Path, out: Path, objects: int = 1) -> list[Path]:
-    """Both figures for a results CSV: `out` and `<out>_subgraphs.png` next to it."""
+def plot_paths(out: Path) -> list[Path]:
+    """The two PNGs `plot_results` writes for `out`: the latency plot and `<out>_subgraphs.png` beside it."""
     out = Path(out)
     if out.suffix.lower() not in ("", ".png"):
         raise MvosError(f"{out}: plots are written as PNG (use a .png name)")
     out = out.with_suffix(".png")
+    return [out, subgraph_plot_path(out)]
+
+
+def plot_results(csv: Path, out: Path, objects: int = 1) -> list[Path]:
+    """Both figures for a results CSV (see `plot_paths`)."""
+    out = plot_paths(out)[0]
     frames = per_frame_latency(read_results(csv), objects=objects)
     if frames.empty:
         raise MvosError(

@@ -5,12 +5,12 @@ killed run leaves a valid file) and re-measuring a point appends a newer row tha
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
 
 from mvos.runtime.errors import MvosError
+from mvos.runtime.io import atomic_path, require_file
 
 KEY_COLUMNS = ("device", "variant", "precision", "delegate", "queue_len", "subgraph")
 SUBGRAPHS = ("key_encoder", "value_encoder", "decoder")
@@ -26,9 +26,7 @@ def point_key(row: dict) -> tuple:
 
 
 def read_results(path: Path) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise MvosError(f"{path}: no such results file")
+    path = require_file(path, "results file")
     try:
         df = pd.read_csv(path, dtype=_STR_KEYS)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
@@ -51,14 +49,8 @@ def append_rows(path: Path, rows: list[dict]) -> None:
     if missing:
         raise MvosError(f"result rows lack the key column(s) {', '.join(missing)}")
     df = pd.concat([read_results(path), new], ignore_index=True) if path.exists() else new
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def finished_points(path: Path) -> set[tuple]:

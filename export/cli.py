@@ -45,21 +45,27 @@ def parse_queue_lens(values: tuple[str, ...]) -> list[int]:
               help="Export folder (manifest.json, <precision>/*.tflite); re-running adds missing pieces.")
 @click.option("--no-verify", is_flag=True, help="Skip the parity checks against PyTorch.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for verification.")
+@click.option("--overwrite", is_flag=True,
+              help="Export everything anew and replace --out once complete (without it, an export of the same "
+                   "model is added to and any other non-empty folder is refused).")
 def export_command(variant: str | None, weights: Path | None, size_text: str, queue_lens: tuple[str, ...],
                    precision_text: str, max_objects: int, top_k: int | None, out_dir: Path, no_verify: bool,
-                   threads: int | None) -> None:
+                   threads: int | None, overwrite: bool) -> None:
     """Export key encoder, value encoder and decoder (per queue length) as TFLite files, verify them against
     PyTorch and write manifest.json for the runtime, the device benchmark and the Android app."""
     from mvos.export.exporter import ensure_exported
+    from mvos.export.manifest import MANIFEST_NAME
     from mvos.export.subgraphs import parse_size
+    from mvos.runtime.io import check_output
 
+    check_output(out_dir, inputs=(weights,), overwrite=overwrite, merges=(Path(out_dir) / MANIFEST_NAME).is_file())
     size = parse_size(size_text)
     lens = parse_queue_lens(queue_lens)
     precisions = [p.strip() for p in precision_text.split(",") if p.strip()]
     model = weights if weights is not None else (variant or "mobilenetv2")
     result = ensure_exported(out_dir, model, size, lens, precisions, max_objects, verify=not no_verify,
                              threads=threads, top_k=top_k, expect_variant=variant if weights is not None else None,
-                             on_message=lambda message: click.echo(message, err=True))
+                             on_message=lambda message: click.echo(message, err=True), overwrite=overwrite)
     click.echo(report(result.manifest, {e["path"] for e in result.added}, out_dir))
 
 

@@ -87,7 +87,8 @@ def _existing_manifest(model_dir: Path) -> dict | None:
     if (model_dir / MANIFEST_NAME).is_file():
         return load_manifest(model_dir)
     if model_dir.exists() and (not model_dir.is_dir() or any(model_dir.iterdir())):
-        raise MvosError(f"{model_dir} exists and is not an export folder (no {MANIFEST_NAME}); refusing to replace it")
+        raise MvosError(f"{model_dir} exists and is not an export folder (no {MANIFEST_NAME}): pass --overwrite "
+                        f"to replace it, or choose another folder")
     return None
 
 
@@ -95,16 +96,17 @@ def ensure_exported(model_dir: str | Path, model: MobileVOS | str | Path, size: 
                     queue_lens: Iterable[int] = (2,), precisions: Iterable[str] = ("fp32",), max_objects: int = 1,
                     *, verify: bool = True, threads: int | None = None, top_k: int | None = None,
                     expect_variant: str | None = None, progress: bool = True,
-                    on_message: Callable[[str], None] | None = None) -> ExportResult:
+                    on_message: Callable[[str], None] | None = None, overwrite: bool = False) -> ExportResult:
     """Ensure `model_dir` holds key encoder, value encoder and decoder_T{t} for every precision and queue
     length asked for, for this model at this size; convert only the missing pieces. Returns the manifest and
     what this call added. Files land in model_dir/<precision>/{key_encoder,value_encoder,decoder_T<t>}.tflite.
     MvosError for bad arguments, a folder holding another model, an fp32 conversion failure or a failed fp32
-    verification (the folder is then left as it was)."""
+    verification (the folder is then left as it was). `overwrite`: export everything anew, whatever the folder
+    holds, and replace it once the new export is complete."""
     model_dir = Path(model_dir)
     size, queue_lens, precisions, max_objects = check_request(size, queue_lens, precisions, max_objects)
     model, source = resolve_model(model, top_k, expect_variant)
-    existing = _existing_manifest(model_dir)
+    existing = None if overwrite else _existing_manifest(model_dir)
     manifest = new_manifest(model, source, size, max_objects, weights_sha256(model))
     if existing is not None:
         check_same_model(existing, identity(manifest), model_dir)
@@ -113,7 +115,7 @@ def ensure_exported(model_dir: str | Path, model: MobileVOS | str | Path, size: 
     wanted = [(p, s, t) for p in precisions for s in SUBGRAPHS for t in (queue_lens if s == "decoder" else [None])]
     missing = [(p, s, t) for p, s, t in wanted if manifest_entry(manifest, p, s, t) is None]
     result = ExportResult(model_dir, manifest)
-    if not missing:
+    if not missing and existing is not None:
         return result
 
     say = on_message or (lambda message: None)

@@ -4,6 +4,7 @@ so `mvos --help` stays fast and a missing optional extra only affects the comman
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -56,20 +57,40 @@ def cli() -> None:
     """mobilevos: real-time video object segmentation for phones (MobileVOS)."""
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def os_error_message(exc: OSError) -> str:
+    """'No space left on device: out/dog/00042.png' rather than a traceback."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    where = exc.filename2 or exc.filename
+    return f"{reason}: {where}" if where else reason
+
+
 def main() -> None:
+    # FFmpeg (inside OpenCV) prints its own complaints about unreadable videos; ours is the one line users see.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     from mvos.runtime.errors import MvosError
 
     try:
         cli.main(standalone_mode=False)
     except MvosError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {_one_line(exc)}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:  # click's own checks (--queue-len range, --variant choice, missing options)
+        hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+        click.echo(f"error: {_one_line(exc.format_message())}{hint}", err=True)
+        sys.exit(2)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"error: {_one_line(exc.format_message())}", err=True)
         sys.exit(2 if exc.exit_code in (1, 2) else exc.exit_code)
+    except OSError as exc:  # no space, read-only, permission: outputs were written to temporary names
+        click.echo(f"error: {_one_line(os_error_message(exc))}", err=True)
+        sys.exit(2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:

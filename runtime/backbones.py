@@ -275,9 +275,9 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
 
 def read_state_dict(path: str | Path) -> "OrderedDict[str, torch.Tensor]":
     """Reads a plain state_dict file, or one wrapped as {'state_dict'|'model': ...}."""
-    path = Path(path)
-    if not path.is_file():
-        raise MvosError(f"weights file not found: {path}")
+    from mvos.runtime.io import require_file
+
+    path = require_file(path, "weights file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files

@@ -10,7 +10,7 @@ import torch
 from mvos import __version__
 from mvos.runtime.backbones import check_state_dict
 from mvos.runtime.errors import MvosError
-from mvos.runtime.io import atomic_path
+from mvos.runtime.io import atomic_path, require_file
 from mvos.runtime.model import MobileVOS, MobileVOSConfig
 
 FORMAT = "mobilevos-checkpoint"
@@ -30,9 +30,7 @@ def save_checkpoint(path: str | Path, model: MobileVOS, **extra) -> None:
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise MvosError(f"checkpoint not found: {path}")
+    path = require_file(path, "checkpoint")
     try:
         data = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types for corrupt or foreign files

@@ -12,8 +12,16 @@ import numpy as np
 from tqdm import tqdm
 
 from mvos.runtime.errors import MvosError
-from mvos.runtime.io import OverlayWriter, open_frames, read_mask, resize_mask, staged_directory, write_palette_png
-from mvos.runtime.options import model_options, segmenter_from_options
+from mvos.runtime.io import (
+    OverlayWriter,
+    check_output,
+    open_frames,
+    read_mask,
+    resize_mask,
+    staged_directory,
+    write_palette_png,
+)
+from mvos.runtime.options import model_options, overwrite_option, segmenter_from_options
 
 
 def load_first_mask(path: Path, frame_size: tuple[int, int], resize: bool) -> np.ndarray:
@@ -39,10 +47,15 @@ def load_first_mask(path: Path, frame_size: tuple[int, int], resize: bool) -> np
 @click.option("--overlay", "overlay_path", type=click.Path(path_type=Path), default=None,
               help="Also write an MP4 of the frames with the masks drawn on them.")
 @click.option("--resize-mask", is_flag=True, help="Resize a mask of another size (nearest neighbour).")
+@overwrite_option
 @model_options
 def segment_command(input_path: Path, mask_path: Path, mask_frame: int, out_dir: Path, overlay_path: Path | None,
-                    resize_mask: bool, **options) -> None:
+                    resize_mask: bool, overwrite: bool, **options) -> None:
     """Segment the objects of a first-frame mask through a video file or a folder of frames."""
+    inputs = (input_path, mask_path, options.get("weights"), options.get("model_dir"))
+    check_output(out_dir, inputs=inputs, overwrite=overwrite)
+    if overlay_path is not None:
+        check_output(overlay_path, inputs=(*inputs, out_dir), overwrite=overwrite, flag="--overlay")
     frames = open_frames(input_path)
     if mask_frame >= len(frames):
         raise MvosError(f"--mask-frame {mask_frame} is past the last frame ({len(frames)} frames)")

@@ -95,6 +95,16 @@ def open_frames(path: str | Path) -> FrameSource:
     return FrameSource(path, None, count, float(fps), bgr.shape[:2])
 
 
+def require_file(path: str | Path, what: str) -> Path:
+    """`path` as a Path when it is a file; otherwise one line saying it is missing or a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise MvosError(f"{what} {path} is a folder, not a file")
+    if not path.is_file():
+        raise MvosError(f"{what} not found: {path}")
+    return path
+
+
 def read_image(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
@@ -110,9 +120,7 @@ def read_mask(path: str | Path) -> np.ndarray:
     """A mask as object ids: DAVIS palette PNG (indices), grayscale (0/255 -> 0/1, or small ids as they are),
     or an RGB colour mask (each distinct non-black colour an object, numbered in order of first appearance
     in raster order)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MvosError(f"mask not found: {path}")
+    path = require_file(path, "mask")
     try:
         with Image.open(path) as image:
             mode = image.mode
@@ -195,7 +203,8 @@ class OverlayWriter:
     def __init__(self, path: str | Path, fps: float, size: tuple[int, int]):
         self.path = Path(path)
         make_parent(self.path)  # `--overlay out/dog.mp4` on a fresh checkout: out/ does not exist yet
-        self.tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix or '.mp4'}")
+        remove_stale_partials(self.path)
+        self.tmp = self.path.with_name(_staging_name(self.path, ".mp4"))  # OpenCV picks the container by suffix
         self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (size[1], size[0]))
         if not self.writer.isOpened():
             raise MvosError(f"cannot write overlay video {self.path}")
@@ -206,6 +215,7 @@ class OverlayWriter:
     def close(self, keep: bool = True) -> None:
         self.writer.release()
         if keep:
+            apply_umask(self.tmp)
             os.replace(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)
@@ -246,8 +256,10 @@ def check_output(path: str | Path, *, inputs: tuple = (), overwrite: bool = Fals
         if given is None:
             continue
         source = _resolved(given)
-        if out == source or out in source.parents or source in out.parents:
-            raise MvosError(f"{flag} {path} would overwrite the input {given}: choose another output path")
+        relation = ("is the input" if out == source else "lies inside the input" if source in out.parents
+                    else "contains the input" if out in source.parents else None)
+        if relation:
+            raise MvosError(f"{flag} {path} {relation} {given}: choose an output path apart from the inputs")
     if not path.exists() and not path.is_symlink():
         return path
     if merges:
@@ -258,10 +270,6 @@ def check_output(path: str | Path, *, inputs: tuple = (), overwrite: bool = Fals
         kind = "folder" if path.is_dir() else "file"
         raise MvosError(f"{flag} {path} is an existing {kind}: pass --overwrite to replace it, or choose another path")
     return path
-
-
-def refuse_existing(path: str | Path, overwrite: bool, flag: str = "--out") -> Path:
-    return check_output(path, overwrite=overwrite, flag=flag)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -298,6 +306,14 @@ def remove_stale_partials(path: Path) -> None:
 
 def _staging_name(path: Path, suffix: str = "") -> str:
     return f"{_partial_prefix(path)}{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}"
+
+
+def staging_path(path: str | Path) -> Path:
+    """A fresh name beside `path` for building its replacement; a killed run's is removed by the next run."""
+    path = Path(path)
+    make_parent(path)
+    remove_stale_partials(path)
+    return path.with_name(_staging_name(path, path.suffix))
 
 
 # ---------------------------------------------------------------------------------------- atomic writes

@@ -14,6 +14,11 @@ from mvos.runtime.model import VARIANTS, MobileVOS, build_model, load_pretrained
 _warned_random = False
 
 
+def overwrite_option(function):
+    return click.option("--overwrite", is_flag=True,
+                        help="Replace an existing output; the old one goes only once the new one is complete.")(function)
+
+
 def model_options(function):
     """Adds the options that pick a model and configure the engine."""
     options = [

@@ -19,7 +19,7 @@ def test_host_bench_exports_measures_resumes_and_plots(capsys, no_user_config, t
     first = run_mvos(capsys, "bench", "--device", "host", *SMALL, "--model-dir", models, "--out", results,
                      "--plot", tmp_path / "fig.png")
     assert first.code == 0, first.err
-    assert "4 measurement(s) appended" in first.out
+    assert "4 measurement(s) written" in first.out
     assert (models / "mobilenetv2-noaspp" / "manifest.json").is_file()
     rows = pd.read_csv(results)
     assert sorted(zip(rows["subgraph"], rows["queue_len"])) == [
@@ -31,11 +31,30 @@ def test_host_bench_exports_measures_resumes_and_plots(capsys, no_user_config, t
     again = run_mvos(capsys, "bench", "--device", "host", *SMALL, "--model-dir", models, "--out", results,
                      "--resume")
     assert again.code == 0, again.err
-    assert "0 measurement(s) appended" in again.out
+    assert "0 measurement(s) written" in again.out
     assert len(pd.read_csv(results)) == 4
+
+    # Without --resume an existing CSV and plots are refused; --overwrite measures anew and replaces them.
+    before = results.read_bytes()
+    refused = run_mvos(capsys, "bench", "--device", "host", *SMALL, "--model-dir", models, "--out", results)
+    assert refused.code == 2 and "--overwrite" in refused.err and results.read_bytes() == before
+    refused = run_mvos(capsys, "bench", "--device", "host", *SMALL, "--model-dir", models, "--out",
+                       tmp_path / "new.csv", "--plot", tmp_path / "fig.png")
+    assert refused.code == 2 and "fig.png" in refused.err and not (tmp_path / "new.csv").exists()
+    replaced = run_mvos(capsys, "bench", "--device", "host", *SMALL, "--model-dir", models, "--out", results,
+                        "--overwrite")
+    assert replaced.code == 0, replaced.err
+    assert len(pd.read_csv(results)) == 4 and results.read_bytes() != before
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+    both = run_mvos(capsys, "bench", "--device", "host", *SMALL, "--model-dir", models, "--out", results,
+                    "--overwrite", "--resume")
+    assert both.code == 2 and "choose one" in both.err
 
     plotted = run_mvos(capsys, "plot", results, "--out", tmp_path / "again.png", "--objects", "2")
     assert plotted.code == 0 and (tmp_path / "again.png").is_file() and (tmp_path / "again_subgraphs.png").is_file()
+    refused = run_mvos(capsys, "plot", results, "--out", tmp_path / "again.png")
+    assert refused.code == 2 and "--overwrite" in refused.err
+    assert run_mvos(capsys, "plot", results, "--out", tmp_path / "again.png", "--overwrite").code == 0
 
 
 def test_bad_queue_lengths_and_sizes(capsys, no_user_config, tmp_path):
@@ -67,7 +86,7 @@ def test_phone_without_benchmark_binary_says_what_to_download(capsys, no_user_co
 
 def test_plot_of_a_missing_or_foreign_csv(capsys, tmp_path):
     missing = run_mvos(capsys, "plot", tmp_path / "none.csv", "--out", tmp_path / "f.png")
-    assert missing.code == 2 and "no such results file" in missing.err
+    assert missing.code == 2 and "results file not found" in missing.err
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     foreign = run_mvos(capsys, "plot", tmp_path / "other.csv", "--out", tmp_path / "f.png")
     assert foreign.code == 2 and "not a results CSV" in foreign.err

@@ -65,7 +65,7 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
 
 
 def test_bad_results_files(tmp_path):
-    with pytest.raises(MvosError, match="no such results file"):
+    with pytest.raises(MvosError, match="results file not found"):
         read_results(tmp_path / "missing.csv")
     other = tmp_path / "other.csv"
     other.write_text("a,b\n1,2\n")

@@ -65,7 +65,7 @@ def test_refuses_non_empty_out_and_overwrites_atomically(tmp_path):
     out = tmp_path / "ds"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    with pytest.raises(MvosError, match="not empty"):
+    with pytest.raises(MvosError, match="existing folder: pass --overwrite"):
         generate(out, 1, 2, SIZE, progress=False)
     assert (out / "keep.txt").exists()
     generate(out, 1, 2, SIZE, progress=False, overwrite=True)

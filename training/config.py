@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mvos.runtime.errors import MvosError
+from mvos.runtime.io import require_file
 
 STAGES = ("static", "main")
 FREEZE_BN = ("all", "key_encoder", "none")
@@ -242,9 +243,7 @@ def _coerce(value, kind, key: str):
 
 
 def read_config_file(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise MvosError(f"config file not found: {path}")
+    path = require_file(path, "config file")
     text = path.read_text()
     try:
         if path.suffix.lower() == ".toml":

@@ -21,8 +21,8 @@ from click.core import ParameterSource
 from tqdm import tqdm
 
 from mvos.runtime.errors import MvosError
-from mvos.runtime.io import atomic_path, read_image, staged_directory, write_palette_png
-from mvos.runtime.options import model_options, segmenter_from_options
+from mvos.runtime.io import atomic_path, check_output, read_image, staged_directory, write_palette_png
+from mvos.runtime.options import model_options, overwrite_option, segmenter_from_options
 from mvos.training.datasets import (
     Sequence,
     check_dataset_name,
@@ -234,6 +234,15 @@ def _explicit_model_options(ctx: click.Context, options: dict) -> list[str]:
             if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
 
 
+def is_eval_output(folder: Path) -> bool:
+    """Whether `folder` holds an earlier `mvos eval` result, which a new run may add to (its documented merge)."""
+    try:
+        summary = json.loads((Path(folder) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and {"dataset", "split"} <= set(summary)
+
+
 def _stale_reports(out_dir: Path, split: str) -> list[Path]:
     return [out_dir / n for n in (f"global_results-{split}.csv", f"per-sequence_results-{split}.csv", "summary.json")]
 
@@ -246,11 +255,13 @@ def _stale_reports(out_dir: Path, split: str) -> list[Path]:
 @click.option("--results", "results_dir", type=click.Path(path_type=Path), default=None,
               help="Score existing predictions (DIR/<seq>/<frame>.png) instead of running a model.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Output folder: predictions, CSVs and summary.json (with --results: default DIR).")
+              help="Output folder: predictions, CSVs and summary.json (with --results: default DIR). "
+                   "An earlier eval's folder is added to: the sequences run again are replaced.")
+@overwrite_option
 @model_options
 @click.pass_context
 def eval_command(ctx: click.Context, dataset: str, root: Path, split: str, sequences: tuple[str, ...],
-                 results_dir: Path | None, out_dir: Path | None, **options) -> None:
+                 results_dir: Path | None, out_dir: Path | None, overwrite: bool, **options) -> None:
     """Evaluate a model (or existing masks, --results) on DAVIS 2016/2017 or YouTube-VOS 2019."""
     check_dataset_name(dataset)
     if results_dir is not None:
@@ -266,15 +277,36 @@ def eval_command(ctx: click.Context, dataset: str, root: Path, split: str, seque
 
     if results_dir is not None:
         out_dir = out_dir or results_dir
+        # The CSVs go beside the scored masks (documented); elsewhere they follow the usual policy.
+        check_output(out_dir, inputs=(root,), overwrite=overwrite,
+                     merges=_resolved_equal(out_dir, results_dir) or is_eval_output(out_dir))
         scores = score_results(dataset, seqs, results_dir)
         global_results = write_reports(out_dir, split, scores, {**base, "results": str(results_dir)})
         print_table(split, global_results, scores)
         click.echo(f"\nwrote {out_dir}/global_results-{split}.csv, per-sequence_results-{split}.csv, summary.json")
         return
 
+    merge = is_eval_output(out_dir)
+    check_output(out_dir, inputs=(root, options.get("weights"), options.get("model_dir")), overwrite=overwrite,
+                 merges=merge)
     segmenter = segmenter_from_options(**options)
-    for stale in _stale_reports(out_dir, split):  # they would describe the predictions we overwrite
-        stale.unlink(missing_ok=True)
+    if merge:
+        for stale in _stale_reports(out_dir, split):  # they would describe the predictions we overwrite
+            stale.unlink(missing_ok=True)
+        message = _evaluate_into(out_dir, segmenter, dataset, split, seqs, base, options)
+    else:  # a new folder (or --overwrite of another): it appears whole, once complete
+        with staged_directory(out_dir) as staging:
+            message = _evaluate_into(staging, segmenter, dataset, split, seqs, base, options)
+    click.echo(message.replace("{out}", str(out_dir)))
+
+
+def _resolved_equal(a: Path, b: Path) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def _evaluate_into(out_dir: Path, segmenter, dataset: str, split: str, seqs: list[Sequence], base: dict,
+                   options: dict) -> str:
+    """Segments and scores into out_dir; returns the closing line ({out} stands for the final folder)."""
     pred_root = out_dir / "Annotations" if dataset == "ytvos2019" else out_dir
     stats = RunStats()
     for seq in tqdm(seqs, desc="sequences", unit="seq", dynamic_ncols=True, position=0):
@@ -288,11 +320,10 @@ def eval_command(ctx: click.Context, dataset: str, root: Path, split: str, seque
 
     if dataset == "ytvos2019":
         count = zip_submission(pred_root, out_dir / "submission.zip")
-        write_summary(out_dir, {**run, "submission": str(out_dir / "submission.zip"), "scored": False})
-        click.echo(f"{len(seqs)} videos, {count} masks -> {out_dir / 'submission.zip'} "
-                   f"(score it on the YouTube-VOS server); {speed}")
-        return
+        write_summary(out_dir, {**run, "submission": "submission.zip", "scored": False})
+        return (f"{len(seqs)} videos, {count} masks -> {{out}}/submission.zip "
+                f"(score it on the YouTube-VOS server); {speed}")
     scores = score_results(dataset, seqs, pred_root)
     global_results = write_reports(out_dir, split, scores, run)
     print_table(split, global_results, scores)
-    click.echo(f"\n{speed}; wrote {out_dir}")
+    return f"\n{speed}; wrote {{out}}"

@@ -27,6 +27,7 @@ from torch import nn
 
 from mvos.runtime.backbones import MobileNetV2
 from mvos.runtime.errors import MvosError
+from mvos.runtime.io import require_file
 from mvos.runtime.model import IMAGENET_MEAN, IMAGENET_STD
 
 CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
@@ -59,9 +60,7 @@ def read_tflite_convs(path: str | Path) -> tuple[list[TFLiteConv], tuple[float, 
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError:
         raise MvosError("reading TFLite files needs ai-edge-litert: pip install 'mobilevos[export]'") from None
-    path = Path(path)
-    if not path.is_file():
-        raise MvosError(f"TFLite model not found: {path}")
+    path = require_file(path, "TFLite model")
     try:  # without delegates, so every op and weight stays visible
         interpreter = Interpreter(str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         interpreter.allocate_tensors()
@@ -205,9 +204,9 @@ def top1(probs: np.ndarray, labels: list[str]) -> str:
 def import_backbone_command(tflite: Path, out_path: Path, check_images: tuple[Path, ...], labels_path: Path | None,
                             overwrite: bool) -> None:
     """Convert a TFLite ImageNet MobileNetV2 classifier into key encoder weights."""
-    from mvos.runtime.io import atomic_path, read_image, refuse_existing
+    from mvos.runtime.io import atomic_path, check_output, read_image
 
-    refuse_existing(out_path, overwrite)
+    check_output(out_path, inputs=(tflite, *check_images, labels_path), overwrite=overwrite)
     model = mobilenetv2_from_tflite(tflite)
     labels = labels_path.read_text().splitlines() if labels_path else []
     for path in check_images:

@@ -91,11 +91,15 @@ def greedy_soup(ingredients: list[dict], score: Scorer, names: list[str] | None 
 @click.option("--size", type=click.IntRange(min=16), default=480, show_default=True, help="Short side.")
 @click.option("--queue-len", type=click.IntRange(1, 20), default=2, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for validation.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out checkpoint.")
 def soup_command(checkpoints: tuple[Path, ...], out: Path, greedy: bool, val_root: Path | None, dataset: str,
-                 split: str, sequences: tuple[str, ...], size: int, queue_len: int, threads: int | None) -> None:
+                 split: str, sequences: tuple[str, ...], size: int, queue_len: int, threads: int | None,
+                 overwrite: bool) -> None:
     """Average checkpoints of one architecture into a uniform (default) or greedy soup."""
+    from mvos.runtime.io import check_output
     from mvos.training.trainer import score_model
 
+    check_output(out, inputs=(*checkpoints, val_root), overwrite=overwrite)
     if threads is not None:
         torch.set_num_threads(threads)
     if greedy and val_root is None:

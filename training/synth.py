@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mvos.runtime.errors import MvosError
-from mvos.runtime.io import palette_image, staged_directory
+from mvos.runtime.io import check_output, palette_image, staged_directory
 
 SHAPES = ("ellipse", "polygon", "star")
 TEXTURES = ("noise", "gradient", "stripes")
@@ -181,9 +181,7 @@ def generate(out: Path, sequences: int, frames: int, size: tuple[int, int] = (24
         raise MvosError(f"objects must be a range within 1..{MAX_OBJECTS}, got {lo}..{hi}")
     if not 0.0 <= val_fraction < 1.0:
         raise MvosError(f"val fraction must be in [0, 1), got {val_fraction}")
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise MvosError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    out = check_output(out, overwrite=overwrite)
 
     names = [f"synth{i:04d}" for i in range(sequences)]
     train, val = split_names(names, val_fraction)
@@ -200,7 +198,6 @@ def generate(out: Path, sequences: int, frames: int, size: tuple[int, int] = (24
         sets.mkdir(parents=True)
         for split, split_list in (("train", train), ("val", val)):
             (sets / f"{split}.txt").write_text("".join(f"{n}\n" for n in split_list))
-        os.chmod(tmp, 0o755)  # the staging folder is created private; the dataset should read like any folder
     return {"train": train, "val": val}
 
 

@@ -373,10 +373,11 @@ def _set_rng_state(state: dict) -> None:
 class Trainer:
     config: TrainConfig
     progress: bool = True
+    run_dir: Path | None = None  # where files go; default config.run_dir (--overwrite stages a new one)
 
     def __post_init__(self):
         config = self.config
-        self.run_dir = Path(config.run_dir)
+        self.run_dir = Path(self.run_dir or config.run_dir)
         if config.threads:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
@@ -518,12 +519,36 @@ def _write_config(path: Path, config: TrainConfig) -> None:
         tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Runs (or resumes) a training run; returns the path of final.pth."""
-    latest = Path(config.run_dir) / LATEST
-    if latest.exists() and not resume:
-        raise MvosError(f"{config.run_dir} already holds a run ({LATEST}); pass --resume to continue it "
-                        f"or choose another run_dir")
+def config_inputs(config: TrainConfig) -> list[str]:
+    """Every path a run reads: its run_dir may be none of them, nor hold or lie inside one."""
+    data = config.data
+    paths = [s.root for s in data.sources] + [config.val.root]
+    paths += [p for s in data.images + data.paste_images for p in (s.images, s.masks)]
+    paths += [config.student.init, config.student.backbone_weights, config.teacher.weights]
+    if config.teacher.model not in (None, "stcn"):
+        paths.append(config.teacher.model)
+    return [p for p in paths if p]
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> Path:
+    """Runs (or resumes) a training run; returns the path of final.pth. A run_dir that already holds files
+    needs `resume` (continue it) or `overwrite` (train anew, replacing it when the new run completes)."""
+    from mvos.runtime.io import check_output, staged_directory
+
+    run_dir = Path(config.run_dir)
+    if resume and overwrite:
+        raise MvosError("--resume continues the run in run_dir and --overwrite replaces it: choose one")
+    check_output(run_dir, inputs=tuple(config_inputs(config)), overwrite=True, flag="run_dir")
+    occupied = run_dir.is_dir() and any(run_dir.iterdir()) or (run_dir.exists() and not run_dir.is_dir())
+    if occupied and not (resume or overwrite):
+        raise MvosError(f"run_dir {run_dir} already holds files: pass --resume to continue its run, --overwrite to "
+                        f"replace it, or choose another run_dir")
+    if overwrite and occupied:
+        # The old run stays until the new one is complete; a killed new run is removed by the next run here.
+        with staged_directory(run_dir) as staging:
+            Trainer(config, progress=progress, run_dir=staging).run()
+        return run_dir / FINAL
+    latest = run_dir / LATEST
     trainer = Trainer(config, progress=progress)
     if resume and latest.exists():
         trainer.resume(latest)
@@ -542,9 +567,12 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
               help="The published STCN state_dict (stcn.pth) for --teacher stcn.")
 @click.option("--run-dir", type=click.Path(path_type=Path), default=None, help="Overrides run_dir.")
 @click.option("--resume", is_flag=True, help="Continue the run in run_dir from its latest checkpoint.")
+@click.option("--overwrite", is_flag=True,
+              help="Train anew over a run_dir that holds files; the old run is replaced when the new one completes "
+                   "(a killed --overwrite run cannot be resumed).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_command(config_path: Path, overrides: tuple[str, ...], teacher: str | None, teacher_weights: Path | None,
-                  run_dir: Path | None, resume: bool, quiet: bool) -> None:
+                  run_dir: Path | None, resume: bool, overwrite: bool, quiet: bool) -> None:
     """Train a student: mvos train --config FILE [section.key=value ...].
 
     Paths in the config are relative to the current folder.
@@ -557,5 +585,5 @@ def train_command(config_path: Path, overrides: tuple[str, ...], teacher: str | 
     if run_dir is not None:
         data["run_dir"] = str(run_dir)
     config = TrainConfig.from_dict(data)
-    final = train(config, resume=resume, progress=not quiet)
+    final = train(config, resume=resume, progress=not quiet, overwrite=overwrite)
     click.echo(f"wrote {final} (log: {Path(config.run_dir) / 'log.csv'}, curve: {Path(config.run_dir) / 'loss.png'})")
