@@ -17,12 +17,15 @@ import click
 import torch
 from tqdm import tqdm
 
-from mvos.export.exporter import ensure_exported, resolve_model
+from mvos.export.exporter import ensure_exported
 from mvos.export.subgraphs import graph_specs, parse_size
 from mvos.runtime.inference import TorchBackend
 from mvos.runtime.io import atomic_path
-from mvos.runtime.model import VARIANTS, KeyFeatures
-from mvos.runtime.tflite import PRECISIONS, TFLiteBackend
+from mvos.runtime.loading import RANDOM, load_model
+from mvos.runtime.manifest import graph_key
+from mvos.runtime.model import VARIANTS, QueryFeatures
+from mvos.runtime.settings import DEFAULT_EXPORT_SIZE, PRECISIONS
+from mvos.runtime.tflite import TFLiteBackend
 
 FIELDS = ["variant", "backend", "precision", "queue_len", "subgraph", "ms", "runs", "threads", "size"]
 
@@ -53,12 +56,11 @@ def torch_rows(model, inputs, queue_lens, runs, warmup) -> dict[tuple[str, int |
     out = {}
     with torch.inference_mode():
         out[("key_encoder", None)] = timed(lambda: backend.encode_key(key["frame"]), runs, warmup)
-        features = KeyFeatures(None, None, value["f16"], None, None)
         out[("value_encoder", None)] = timed(
-            lambda: backend.encode_value(features, value["mask"], value["others"]), runs, warmup)
+            lambda: model.value_encoder(value["f16"], value["mask"], value["others"]), runs, warmup)
         for t in queue_lens:
-            d = inputs[f"decoder_T{t}"]
-            q = KeyFeatures(d["key"], d["value"], None, d["f8"], d["f4"])
+            d = inputs[graph_key("decoder", t)]
+            q = QueryFeatures(d["key"], d["value"], d["f8"], d["f4"])
             out[("decoder", t)] = timed(lambda: backend.decode(q, d["mem_keys"], d["mem_values"], 1), runs, warmup)
     return out
 
@@ -72,7 +74,7 @@ def tflite_rows(model_dir, precision, inputs, queue_lens, threads, runs, warmup)
             out[("key_encoder", None)] = timed(lambda: backend.key_encoder(**numpy_inputs["key_encoder"]), runs, warmup)
             out[("value_encoder", None)] = timed(
                 lambda: backend.value_encoder(**numpy_inputs["value_encoder"]), runs, warmup)
-        out[("decoder", t)] = timed(lambda: backend.decoder(**numpy_inputs[f"decoder_T{t}"]), runs, warmup)
+        out[("decoder", t)] = timed(lambda: backend.decoder(**numpy_inputs[graph_key("decoder", t)]), runs, warmup)
     return out
 
 
@@ -110,7 +112,7 @@ def plot(rows: list[dict], path: Path) -> None:
 @click.option("--variants", default=",".join(VARIANTS), show_default=True)
 @click.option("--queue-lens", default="1,2,5,10,20", show_default=True)
 @click.option("--precisions", default=",".join(PRECISIONS), show_default=True)
-@click.option("--size", "size_text", default="480x864", show_default=True)
+@click.option("--size", "size_text", default=DEFAULT_EXPORT_SIZE, show_default=True)
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--runs", type=int, default=7, show_default=True)
 @click.option("--warmup", type=int, default=2, show_default=True)
@@ -123,12 +125,13 @@ def main(model_dir, out_csv, variants, queue_lens, precisions, size_text, thread
     rows = []
     for variant in tqdm(variants.split(","), desc="variants", unit="variant"):
         folder = model_dir / variant
-        result = ensure_exported(folder, variant, size, lens, precisions, verify=verify, threads=threads)
-        model, _ = resolve_model(variant)  # the same seeded weights as the export
+        loaded = load_model(variant, RANDOM)  # latency does not depend on the weights
+        model = loaded.model
+        result = ensure_exported(folder, model, loaded.source, size, lens, precisions, verify=verify, threads=threads)
         inputs = inputs_for(model, size, lens)
         results = {("torch", "fp32"): torch_rows(model, inputs, lens, runs, warmup)}
         for precision in precisions:
-            if precision in result.manifest["precisions"]:
+            if precision in result.manifest.precisions():
                 results[("tflite", precision)] = tflite_rows(folder, precision, inputs, lens, threads, runs, warmup)
         frames = {key: frame_rows(parts, lens) for key, parts in results.items()}
         for (backend, precision), parts in results.items():

@@ -17,7 +17,6 @@ import os
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,28 +33,28 @@ def run_point(model: str, memory: str, frames: int, size: tuple[int, int], queue
     """Segments a random video in this process and returns its figures."""
     import torch
 
-    from mvos.runtime.inference import Segmenter
-    from mvos.runtime.options import load_model
+    from mvos.runtime.inference import Segmenter, Timing, TorchBackend, track
+    from mvos.runtime.loading import RANDOM, load_model
+    from mvos.runtime.settings import DEFAULT
 
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
     if model.startswith("teacher:"):
         from mvos.training.teacher import build_teacher_segmenter
 
-        segmenter = build_teacher_segmenter(model.split(":", 1)[1], weights=teacher_weights)
-    else:
-        segmenter = Segmenter(load_model(model, quiet=True), queue_len=queue_len, memory=memory, size=size[0])
+        segmenter, _ = build_teacher_segmenter(model.split(":", 1)[1], weights=teacher_weights)
+    else:  # speed does not depend on the weights
+        settings = DEFAULT.replace(queue_len=queue_len, memory=memory, size=size[0])
+        segmenter = Segmenter(TorchBackend(load_model(model, RANDOM).model), settings)
     height, width = size
     mask = np.zeros(size, np.uint8)
     mask[height // 3: 2 * height // 3, width // 3: 2 * width // 3] = 1
     # A few distinct random frames cycled: generating 500 full-size noise frames would dominate the timing.
     pool = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(8)]
-    times = []
-    for index in range(frames):
-        start = time.perf_counter()
-        segmenter.step(pool[index % len(pool)], mask if index == 0 else None)
-        times.append(time.perf_counter() - start)
-    steady = times[1:] or times  # frame 0 includes one-off allocations
+    timing = Timing()
+    for result in track(segmenter, (pool[i % len(pool)] for i in range(frames)), {0: (mask, None)}):
+        timing.add(result)
+    steady = [ms / 1000 for ms in timing.steady]  # frame 0 includes one-off allocations
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     first, last = steady[:WINDOW], steady[-WINDOW:]
     return {"model": model, "memory": memory, "queue_len": queue_len if memory == "fixed" else "",
@@ -104,12 +103,16 @@ def main() -> None:
     parser.add_argument("--teacher-weights", default=None)
     parser.add_argument("--frames", default="50,500")
     parser.add_argument("--size", default="480x910")
-    parser.add_argument("--queue-len", type=int, default=2)
+    parser.add_argument("--queue-len", type=int, default=None, help="default: the inference default")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("results/table4"))
     parser.add_argument("--resume", action="store_true", help="keep the points already in OUT/table4.csv")
     parser.add_argument("--point", help=argparse.SUPPRESS)  # internal: run one point, print JSON
     args = parser.parse_args()
+    if args.queue_len is None:
+        from mvos.runtime.settings import DEFAULT
+
+        args.queue_len = DEFAULT.queue_len
     size = tuple(int(s) for s in args.size.lower().split("x"))
 
     if args.point:

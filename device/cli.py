@@ -8,26 +8,26 @@ from pathlib import Path
 
 import click
 
-from mvos.export.cli import parse_queue_lens
 from mvos.export.subgraphs import parse_size
 from mvos.runtime.errors import MvosError
+from mvos.runtime.manifest import ENCODERS, Manifest
+from mvos.runtime.memory import MAX_QUEUE_LEN, parse_queue_lens
+from mvos.runtime.settings import DEFAULT_EXPORT_SIZE, PRECISIONS
 
 
-def bench_points(model_dir: Path, label: str, manifest: dict, precisions: list[str], queue_lens: list[int]):
+def bench_points(model_dir: Path, label: str, manifest: Manifest, precisions: list[str], queue_lens: list[int]):
     """The points of one exported model: each encoder once (recorded with T=0), a decoder per queue length."""
     from mvos.device.results import ENCODER_QUEUE_LEN
     from mvos.device.runner import BenchPoint
-    from mvos.runtime.tflite import manifest_entry
 
     points = []
     for precision in precisions:
-        for subgraph, queue_len in [("key_encoder", None), ("value_encoder", None),
-                                    *(("decoder", t) for t in queue_lens)]:
-            entry = manifest_entry(manifest, precision, subgraph, queue_len)
+        for subgraph, queue_len in [*((s, None) for s in ENCODERS), *(("decoder", t) for t in queue_lens)]:
+            entry = manifest.entry(precision, subgraph, queue_len)
             if entry is None:  # a precision that failed to convert is recorded in the manifest's failures
                 continue
             points.append(BenchPoint(label, precision, ENCODER_QUEUE_LEN if queue_len is None else queue_len,
-                                     subgraph, model_dir / entry["path"]))
+                                     subgraph, model_dir / entry.path))
     return points
 
 
@@ -44,12 +44,15 @@ def plot_outputs(plot_path: Path | None) -> list[Path]:
 @click.option("--variant", "variants", multiple=True, help="Variant(s) to measure (repeatable).")
 @click.option("--weights", "weights", multiple=True, type=click.Path(path_type=Path),
               help="Checkpoint(s) to measure (repeatable), in addition to --variant.")
-@click.option("--queue-len", "queue_len_text", default="1..20", show_default=True,
-              help="Memory queue lengths: a range 1..20 or a list 1,2,4.")
+@click.option("--random-weights", is_flag=True,
+              help="Measure --variant with random weights (speed does not depend on them) instead of shipped ones.")
+@click.option("--queue-len", "queue_len_text", default=f"1..{MAX_QUEUE_LEN}", show_default=True,
+              help=f"Memory queue lengths: a range 1..{MAX_QUEUE_LEN} or a list 1,2,4.")
 @click.option("--gpu/--cpu", "use_gpu", default=False, show_default=True, help="GPU delegate or CPU.")
 @click.option("--threads", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--precision", "precision_text", default="fp32", show_default=True, help="fp32, fp16, int8 (comma list).")
-@click.option("--size", "size_text", default="480x864", show_default=True, help="Input size HxW of the exports.")
+@click.option("--size", "size_text", default=DEFAULT_EXPORT_SIZE, show_default=True,
+              help="Input size HxW of the exports.")
 @click.option("--objects", type=click.IntRange(min=1), default=1, show_default=True,
               help="Objects tracked: the value encoder runs once per object in the per-frame latency.")
 @click.option("--model-dir", required=True, type=click.Path(path_type=Path),
@@ -66,7 +69,8 @@ def plot_outputs(plot_path: Path | None) -> list[Path]:
 @click.option("--overwrite", is_flag=True, help="Replace an existing results CSV (and plots) once the new one is complete.")
 @click.option("--no-verify", is_flag=True, help="Skip the PyTorch parity check of new exports.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None, help="Also write the plots.")
-def bench_command(device_spec, variants, weights, queue_len_text, use_gpu, threads, precision_text, size_text,
+def bench_command(device_spec, variants, weights, random_weights, queue_len_text, use_gpu, threads, precision_text,
+                  size_text,
                   objects, model_dir, out_csv, benchmark_binary, num_runs, warmup_runs, op_profiling, timeout_s,
                   resume, overwrite, no_verify, plot_path) -> None:
     """Per-frame latency (key encoder + value encoder + decoder) against memory queue length."""
@@ -75,11 +79,9 @@ def bench_command(device_spec, variants, weights, queue_len_text, use_gpu, threa
     from mvos.device.results import per_frame_latency, read_results
     from mvos.device.runner import SweepSettings, locate_benchmark_binary, run_points
     from mvos.export.exporter import ensure_exported
-    from mvos.runtime.io import staging_path
-    from mvos.runtime.checkpoint import read_checkpoint
-    from mvos.runtime.tflite import PRECISIONS
-
-    from mvos.runtime.io import check_output
+    from mvos.runtime.io import check_output, staging_path
+    from mvos.runtime.loading import RANDOM, load_model
+    from mvos.runtime.model import DEFAULT_VARIANT
 
     if resume and overwrite:
         raise MvosError("--resume adds to the results CSV and --overwrite replaces it: choose one")
@@ -93,21 +95,25 @@ def bench_command(device_spec, variants, weights, queue_len_text, use_gpu, threa
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown or not precisions:
         raise MvosError(f"--precision {precision_text!r}: choose from {', '.join(PRECISIONS)}")
-    models: list[tuple[str, str | Path]] = [(v, v) for v in variants]
-    models += [(f"{read_checkpoint(w)['variant']}:{Path(w).stem}", Path(w)) for w in weights]
-    if not models:
-        models = [("mobilenetv2", "mobilenetv2")]
+    specs = [(v, RANDOM if random_weights else None) for v in variants]
+    specs += [(None, w) for w in weights]
+    if not specs:
+        specs = [(DEFAULT_VARIANT, RANDOM if random_weights else None)]
 
     # Resolve the device and its benchmark tool before exporting anything: both fail fast and cheaply.
     device = resolve_device(device_spec)
     locate_benchmark_binary(device, benchmark_binary)
 
-    points = []
-    for label, model in models:
+    points, labels = [], set()
+    for variant, weights_spec in specs:
+        loaded = load_model(variant, weights_spec)
+        label = (loaded.model.variant if weights_spec in (None, RANDOM)
+                 else f"{loaded.model.variant}:{Path(weights_spec).stem}")
+        labels.add(label)
         folder = Path(model_dir) / re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
-        click.echo(f"exports for {label}: {folder}", err=True)
-        result = ensure_exported(folder, model, size, queue_lens, precisions, max_objects=1, verify=not no_verify,
-                                 on_message=lambda message: click.echo(f"  {message}", err=True))
+        click.echo(f"exports for {label} ({loaded.source}): {folder}", err=True)
+        result = ensure_exported(folder, loaded.model, loaded.source, size, queue_lens, precisions, max_objects=1,
+                                 verify=not no_verify, on_message=lambda message: click.echo(f"  {message}", err=True))
         points += bench_points(folder, label, result.manifest, precisions, queue_lens)
 
     settings = SweepSettings(use_gpu=use_gpu, threads=threads, num_runs=num_runs, warmup_runs=warmup_runs,
@@ -122,7 +128,6 @@ def bench_command(device_spec, variants, weights, queue_len_text, use_gpu, threa
     click.echo(f"{written} measurement(s) written to {out_csv}" + (" (others already done)" if resume else ""))
 
     table = per_frame_latency(read_results(out_csv), objects=objects)
-    labels = {label for label, _ in models}
     table = table[table["variant"].isin(labels) & table["queue_len"].isin(queue_lens)]
     if not table.empty:
         click.echo(f"\nper-frame latency (ms, {objects} object(s)):")

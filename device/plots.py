@@ -9,9 +9,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from mvos.device.results import SUBGRAPHS, per_frame_latency, read_results
+from mvos.device.results import per_frame_latency, read_results
 from mvos.runtime.errors import MvosError
 from mvos.runtime.io import atomic_path
+from mvos.runtime.manifest import SUBGRAPHS
 
 REALTIME_MS = 1000.0 / 30.0
 SUBGRAPH_LABELS = {"key_encoder": "key encoder", "value_encoder": "value encoder", "decoder": "decoder"}

@@ -11,9 +11,9 @@ import pandas as pd
 
 from mvos.runtime.errors import MvosError
 from mvos.runtime.io import atomic_path, require_file
+from mvos.runtime.manifest import ENCODERS, SUBGRAPHS
 
 KEY_COLUMNS = ("device", "variant", "precision", "delegate", "queue_len", "subgraph")
-SUBGRAPHS = ("key_encoder", "value_encoder", "decoder")
 # The encoders do not depend on the memory queue: they are measured once and recorded with T = 0.
 ENCODER_QUEUE_LEN = 0
 _GROUP = ["device", "variant", "precision", "delegate"]
@@ -71,14 +71,14 @@ def per_frame_latency(df: pd.DataFrame, objects: int = 1) -> pd.DataFrame:
     if objects < 1:
         raise MvosError(f"objects must be at least 1, got {objects}")
     latest = df.drop_duplicates(list(KEY_COLUMNS), keep="last")
-    enc = latest[latest["subgraph"].isin(SUBGRAPHS[:2])].drop_duplicates(_GROUP + ["subgraph"], keep="last")
+    enc = latest[latest["subgraph"].isin(ENCODERS)].drop_duplicates(_GROUP + ["subgraph"], keep="last")
     enc = enc.pivot(index=_GROUP, columns="subgraph", values="avg_us").reset_index()
     dec = latest[latest["subgraph"] == "decoder"]
-    if dec.empty or not set(SUBGRAPHS[:2]) <= set(enc.columns):
+    if dec.empty or not set(ENCODERS) <= set(enc.columns):
         return pd.DataFrame(columns=[*_GROUP, "queue_len", *(f"{s}_ms" for s in SUBGRAPHS), "frame_ms"])
     extra = [c for c in ("device_model",) if c in dec.columns]
     out = dec[_GROUP + ["queue_len", "avg_us"] + extra].merge(enc, on=_GROUP, how="inner")
-    out = out.dropna(subset=["avg_us", *SUBGRAPHS[:2]])
+    out = out.dropna(subset=["avg_us", *ENCODERS])
     out = out.rename(columns={"avg_us": "decoder"})
     for name in SUBGRAPHS:
         out[f"{name}_ms"] = out[name] / 1000.0

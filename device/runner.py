@@ -188,7 +188,7 @@ class BenchmarkSession:
     the whole folder on exit, on errors and on Ctrl-C too.
 
         with BenchmarkSession(device, binary) as session:
-            result = session.measure(BenchSpec(model=Path("decoder_T4.tflite"), use_gpu=True))
+            result = session.measure(BenchSpec(model=model_dir / graph_path("fp32", "decoder", 4), use_gpu=True))
     """
 
     def __init__(self, device: Device, binary: Path | None):

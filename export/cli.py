@@ -6,35 +6,17 @@ from pathlib import Path
 
 import click
 
-from mvos.runtime.errors import MvosError
 from mvos.runtime.memory import MAX_QUEUE_LEN
-
-
-def parse_queue_lens(values: tuple[str, ...]) -> list[int]:
-    """'2', '1,2,5', '1..20' (inclusive), repeatable -> sorted distinct ints in 1..MAX_QUEUE_LEN."""
-    out: set[int] = set()
-    for value in values:
-        for part in value.replace(" ", "").split(","):
-            try:
-                if ".." in part:
-                    lo, hi = (int(x) for x in part.split(".."))
-                    out.update(range(lo, hi + 1) if lo <= hi else [lo])
-                else:
-                    out.add(int(part))
-            except ValueError:
-                raise MvosError(f"--queue-len {value!r}: expected N, N,M,... or A..B") from None
-    bad = sorted(t for t in out if not 1 <= t <= MAX_QUEUE_LEN)
-    if bad:
-        raise MvosError(f"--queue-len {bad[0]} is out of range: queue lengths must be in 1..{MAX_QUEUE_LEN}")
-    return sorted(out)
+from mvos.runtime.settings import DEFAULT, DEFAULT_EXPORT_SIZE
 
 
 @click.command("export")
 @click.option("--variant", default=None, help="Architecture (default mobilenetv2, or the one in --weights).")
-@click.option("--weights", type=click.Path(path_type=Path), default=None, help="A mobilevos checkpoint.")
-@click.option("--size", "size_text", default="480x864", show_default=True,
+@click.option("--weights", default=None,
+              help="A mobilevos checkpoint, or `random` (timing); default: the variant's shipped weights.")
+@click.option("--size", "size_text", default=DEFAULT_EXPORT_SIZE, show_default=True,
               help="Input size HxW, multiples of 16 (frames are fitted inside and padded).")
-@click.option("--queue-len", "queue_lens", multiple=True, default=("2",), show_default=True,
+@click.option("--queue-len", "queue_lens", multiple=True, default=(str(DEFAULT.queue_len),), show_default=True,
               help=f"Memory slots T of the decoder: N, a list N,M or a range A..B (1..{MAX_QUEUE_LEN}); repeatable.")
 @click.option("--precision", "precision_text", default="fp32", show_default=True,
               help="Comma-separated: fp32, fp16 (fp16 weights), int8 (dynamic range).")
@@ -48,50 +30,50 @@ def parse_queue_lens(values: tuple[str, ...]) -> list[int]:
 @click.option("--overwrite", is_flag=True,
               help="Export everything anew and replace --out once complete (without it, an export of the same "
                    "model is added to and any other non-empty folder is refused).")
-def export_command(variant: str | None, weights: Path | None, size_text: str, queue_lens: tuple[str, ...],
+def export_command(variant: str | None, weights: str | None, size_text: str, queue_lens: tuple[str, ...],
                    precision_text: str, max_objects: int, top_k: int | None, out_dir: Path, no_verify: bool,
                    threads: int | None, overwrite: bool) -> None:
     """Export key encoder, value encoder and decoder (per queue length) as TFLite files, verify them against
     PyTorch and write manifest.json for the runtime, the device benchmark and the Android app."""
     from mvos.export.exporter import ensure_exported
-    from mvos.export.manifest import MANIFEST_NAME
     from mvos.export.subgraphs import parse_size
     from mvos.runtime.io import check_output
+    from mvos.runtime.loading import RANDOM, load_model
+    from mvos.runtime.manifest import MANIFEST_NAME
+    from mvos.runtime.memory import parse_queue_lens
 
-    check_output(out_dir, inputs=(weights,), overwrite=overwrite, merges=(Path(out_dir) / MANIFEST_NAME).is_file())
+    check_output(out_dir, inputs=(None if weights in (None, RANDOM) else weights,), overwrite=overwrite,
+                 merges=(Path(out_dir) / MANIFEST_NAME).is_file())
     size = parse_size(size_text)
     lens = parse_queue_lens(queue_lens)
     precisions = [p.strip() for p in precision_text.split(",") if p.strip()]
-    model = weights if weights is not None else (variant or "mobilenetv2")
-    result = ensure_exported(out_dir, model, size, lens, precisions, max_objects, verify=not no_verify,
-                             threads=threads, top_k=top_k, expect_variant=variant if weights is not None else None,
+    loaded = load_model(variant, weights)
+    if loaded.warning:
+        click.echo(loaded.warning, err=True)
+    result = ensure_exported(out_dir, loaded.model, loaded.source, size, lens, precisions, max_objects,
+                             verify=not no_verify, threads=threads, top_k=top_k,
                              on_message=lambda message: click.echo(message, err=True), overwrite=overwrite)
-    click.echo(report(result.manifest, {e["path"] for e in result.added}, out_dir))
+    click.echo(report(result.manifest, {e.path for e in result.added}, out_dir))
 
 
-def report(manifest: dict, added: set[str], out_dir: Path) -> str:
+def report(manifest, added: set[str], out_dir: Path) -> str:
     """The files of an export with size, parity and GPU-delegate fallbacks; end-to-end checks; failures."""
-    lines = [f"{manifest['variant']} {manifest['input_size'][0]}x{manifest['input_size'][1]}, "
-             f"max objects {manifest['max_objects']}, weights {manifest['weights']['source']} -> {out_dir}",
+    lines = [f"{manifest.variant} {manifest.input_size[0]}x{manifest.input_size[1]}, "
+             f"max objects {manifest.max_objects}, weights {manifest.weights_source} -> {out_dir}",
              f"{'':2}{'precision':<10}{'graph':<15}{'MB':>7}  {'max |diff| (rel.)':<20}gpu fallback"]
-    for precision, files in manifest["models"].items():
-        entries = [files.get("key_encoder"), files.get("value_encoder")] + \
-            [files["decoders"][t] for t in sorted(files.get("decoders", {}), key=int)]
-        for e in filter(None, entries):
-            rel = e["parity"].get("max_rel_diff")
-            parity = f"{max(rel.values()):.1e}" if rel else "not verified"
-            fallback = ", ".join(e["ops"]["gpu_fallback"]) or "none"
-            graph = Path(e["path"]).stem
-            lines.append(f"{'*' if e['path'] in added else ' ':<2}{precision:<10}{graph:<15}"
-                         f"{e['bytes'] / 1e6:>7.2f}  {parity:<20}{fallback}")
-    checks = manifest["verification"]["end_to_end"]
-    if checks:
+    for e in manifest.files:
+        rel = e.parity.get("max_rel_diff")
+        parity = f"{max(rel.values()):.1e}" if rel else "not verified"
+        fallback = ", ".join(e.ops.get("gpu_fallback", [])) or "none"
+        lines.append(f"{'*' if e.path in added else ' ':<2}{e.precision:<10}{e.key:<15}"
+                     f"{e.bytes / 1e6:>7.2f}  {parity:<20}{fallback}")
+    if manifest.end_to_end:
         lines.append("end to end (TFLite runtime vs PyTorch, generated video):")
-        for c in checks:
-            lines.append(f"  {c['precision']:<6} T={c['queue_len']:<3} mean IoU {c['mean_iou']:.4f}  "
-                         f"max |prob diff| {c['max_prob_diff']:.1e}  ties {c['tie_fraction']:.0%}")
-    for f in manifest["failures"]:
-        lines.append(f"not converted: {f['precision']} {f['subgraph']}"
-                     f"{'' if f['queue_len'] is None else ' T=' + str(f['queue_len'])}: {f['error']}")
+        for c in manifest.end_to_end:
+            lines.append(f"  {c.precision:<6} T={c.queue_len:<3} mean IoU {c.mean_iou:.4f}  "
+                         f"max |prob diff| {c.max_prob_diff:.1e}  ties {c.tie_fraction:.0%}")
+    for f in manifest.failures:
+        lines.append(f"not converted: {f.precision} {f.subgraph}"
+                     f"{'' if f.queue_len is None else ' T=' + str(f.queue_len)}: {f.error}")
     lines.append("(* = written by this run)" if added else "nothing to do: every requested piece was already there")
     return "\n".join(lines)

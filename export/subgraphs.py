@@ -18,10 +18,9 @@ from torch import nn
 
 from mvos.runtime.errors import MvosError
 from mvos.runtime.inference import TorchBackend
-from mvos.runtime.memory import MAX_QUEUE_LEN
-from mvos.runtime.model import STRIDE, KeyFeatures, MobileVOS, soft_aggregate
-
-SUBGRAPHS = ("key_encoder", "value_encoder", "decoder")
+from mvos.runtime.manifest import SUBGRAPHS, graph_key
+from mvos.runtime.memory import check_queue_len, others_mask
+from mvos.runtime.model import STRIDE, KeyFeatures, MobileVOS, QueryFeatures, soft_aggregate
 
 # What each named tensor is, for the manifest (the Android app and the device benchmark read these).
 MEANINGS = {
@@ -61,12 +60,6 @@ def check_size(size: tuple[int, int]) -> tuple[int, int]:
     return h, w
 
 
-def check_queue_len(queue_len: int) -> int:
-    if not isinstance(queue_len, int) or not 1 <= queue_len <= MAX_QUEUE_LEN:
-        raise MvosError(f"queue length must be in 1..{MAX_QUEUE_LEN}, got {queue_len}")
-    return queue_len
-
-
 # ------------------------------------------------------------------------------------- conversion fixes
 
 
@@ -97,15 +90,16 @@ class ValueEncoderGraph(nn.Module):
         self.model = model
 
     def forward(self, f16: torch.Tensor, mask: torch.Tensor, others: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"value": self.model.encode_value(f16, mask, others)}  # 1,C16,h,w ; 1,1,H,W x2 -> 1,Cv,h,w
+        # MobileVOS's value encoder reads the key encoder's f16 and the masks, not the frame itself.
+        return {"value": self.model.value_encoder(f16, mask, others)}  # 1,C16,h,w ; 1,1,H,W x2 -> 1,Cv,h,w
 
 
 class DecoderGraph(nn.Module):
     """Query features + the explicit memory state (T slots) -> per-object logits and aggregated probs."""
 
-    def __init__(self, model: MobileVOS, max_objects: int = 1):
+    def __init__(self, model: MobileVOS, max_objects: int = 1, top_k: int | None = None):
         super().__init__()
-        self.backend = TorchBackend(model)
+        self.backend = TorchBackend(model, top_k)
         self.model = model  # registers the weights with this module
         self.max_objects = max_objects
 
@@ -113,8 +107,8 @@ class DecoderGraph(nn.Module):
                 mem_keys: torch.Tensor, mem_values: torch.Tensor) -> dict[str, torch.Tensor]:
         # key, value 1,C,h,w ; f8 1,C8,2h,2w ; f4 1,C4,4h,4w ; mem_keys T,Ck,h,w ; mem_values T,N*Cv,h,w
         n = self.max_objects
-        features = KeyFeatures(key, _tile_batch(value, n), None, _tile_batch(f8, n), _tile_batch(f4, n))
-        logits = self.backend.decode(features, mem_keys, mem_values, n)  # N,1,H,W
+        query = QueryFeatures(key, _tile_batch(value, n), _tile_batch(f8, n), _tile_batch(f4, n))
+        logits = self.backend.decode(query, mem_keys, mem_values, n)  # N,1,H,W
         return {"logits": logits, "probs": soft_aggregate(torch.sigmoid(logits), dim=0)}  # N+1,1,H,W
 
 
@@ -134,11 +128,7 @@ class GraphSpec:
 
     @property
     def key(self) -> str:
-        return self.subgraph if self.queue_len is None else f"decoder_T{self.queue_len}"
-
-    @property
-    def filename(self) -> str:
-        return f"{self.key}.tflite"
+        return graph_key(self.subgraph, self.queue_len)
 
 
 def feature_shapes(model: MobileVOS, size: tuple[int, int]) -> dict[str, tuple[int, ...]]:
@@ -152,7 +142,7 @@ def feature_shapes(model: MobileVOS, size: tuple[int, int]) -> dict[str, tuple[i
 
 
 def graph_specs(model: MobileVOS, size: tuple[int, int], queue_lens: list[int], max_objects: int = 1,
-                subgraphs: tuple[str, ...] = SUBGRAPHS) -> list[GraphSpec]:
+                subgraphs: tuple[str, ...] = SUBGRAPHS, top_k: int | None = None) -> list[GraphSpec]:
     """The graphs of one export."""
     size = check_size(size)
     shapes = feature_shapes(model, size)
@@ -171,7 +161,7 @@ def graph_specs(model: MobileVOS, size: tuple[int, int], queue_lens: list[int], 
             check_queue_len(t)
             inputs = {"key": shapes["key"], "value": shapes["value"], "f8": shapes["f8"], "f4": shapes["f4"],
                       "mem_keys": (t, ck, fh, fw), "mem_values": (t, max_objects * cv, fh, fw)}
-            specs.append(GraphSpec("decoder", t, size, DecoderGraph(model, max_objects).eval(), inputs,
+            specs.append(GraphSpec("decoder", t, size, DecoderGraph(model, max_objects, top_k).eval(), inputs,
                                    ("logits", "probs")))
     return specs
 
@@ -194,11 +184,11 @@ def sample_inputs(spec: GraphSpec, model: MobileVOS, seed: int = 0) -> dict[str,
     n = spec.inputs["mem_values"][1] // model.config.value_dim
     keys, values = [], []
     with torch.no_grad():
-        for f in features[1:]:
+        for i, f in enumerate(features[1:], 1):
             masks = _soft_masks(g, n, h, w)
-            others = (masks.sum(0, keepdim=True) - masks).clamp(0, 1)
             keys.append(f.key[0])
-            values.append(model.encode_value(f.f16, masks, others).reshape(-1, *f.key.shape[2:]))
+            values.append(model.encode_value(frames[i:i + 1], f, masks, others_mask(masks, dim=0))
+                          .reshape(-1, *f.key.shape[2:]))
     query = features[0]
     return {"key": query.key, "value": query.value, "f8": query.f8, "f4": query.f4,
             "mem_keys": torch.stack(keys), "mem_values": torch.stack(values)}

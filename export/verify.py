@@ -10,8 +10,10 @@ import cv2
 import numpy as np
 import torch
 
-from mvos.runtime.inference import Segmenter, TorchBackend
+from mvos.runtime.inference import Segmenter, TorchBackend, track
+from mvos.runtime.manifest import EndToEndCheck
 from mvos.runtime.model import MobileVOS
+from mvos.runtime.settings import InferenceSettings
 from mvos.runtime.tflite import TFLiteBackend
 
 FP32_MIN_IOU = 0.99  # the issue's bar for fp32 end to end
@@ -84,12 +86,7 @@ def synthetic_video(size: tuple[int, int], num_frames: int = 6, seed: int = 0):
 
 def run_video(segmenter: Segmenter, frames: list[np.ndarray], masks: dict[int, np.ndarray]) -> list[np.ndarray]:
     """Probabilities (1+N,H,W, background first, objects in `segmenter.object_ids` order) of every frame."""
-    out = []
-    for index, frame in enumerate(frames):
-        given = masks.get(index)
-        objects = [int(i) for i in np.unique(given) if i] if given is not None else None
-        out.append(segmenter.step(frame, given, objects))
-    return out
+    return [result.probs for result in track(segmenter, frames, {i: (m, None) for i, m in masks.items()})]
 
 
 def mask_agreement(expected: list[np.ndarray], got: list[np.ndarray], tie_margin: float = TIE_MARGIN) -> dict:
@@ -113,19 +110,20 @@ def mask_agreement(expected: list[np.ndarray], got: list[np.ndarray], tie_margin
             "tie_fraction": ties / max(pixels, 1)}
 
 
-def end_to_end(model: MobileVOS, model_dir: Path, precision: str, queue_len: int, threads: int | None = None,
-               num_frames: int = 6, reference_cache: dict | None = None) -> dict:
+def end_to_end(model: MobileVOS, model_dir: Path, precision: str, queue_len: int, top_k: int | None = None,
+               threads: int | None = None, num_frames: int = 6, reference_cache: dict | None = None) -> EndToEndCheck:
     """Segment the generated video with the exported files and with PyTorch at the same fixed size.
     `reference_cache` keeps PyTorch's results per queue length across precisions (the slow half)."""
+    settings = InferenceSettings(queue_len=queue_len, top_k=top_k)
     tflite = TFLiteBackend(model_dir, queue_len=queue_len, threads=threads, precision=precision)
     frames, masks = synthetic_video(tflite.fixed_size, num_frames)
     cache = {} if reference_cache is None else reference_cache
     with torch.inference_mode():
         if queue_len not in cache:
-            torch_backend = TorchBackend(model)
+            torch_backend = TorchBackend(model, top_k)
             torch_backend.fixed_size = tflite.fixed_size  # same resize/pad geometry as the exported graphs
-            cache[queue_len] = run_video(Segmenter(torch_backend, queue_len=queue_len, size=None), frames, masks)
-        got_segmenter = Segmenter(tflite, queue_len=queue_len, size=None)
+            cache[queue_len] = run_video(Segmenter(torch_backend, settings), frames, masks)
+        got_segmenter = Segmenter(tflite, settings)
         got = run_video(got_segmenter, frames, masks)
-    return {"precision": precision, "queue_len": queue_len, **mask_agreement(cache[queue_len], got),
-            "frames": num_frames, "objects": len(got_segmenter.object_ids)}
+    return EndToEndCheck(precision, queue_len, **mask_agreement(cache[queue_len], got), frames=num_frames,
+                         objects=len(got_segmenter.object_ids))

@@ -120,6 +120,17 @@ def resnet50(**kwargs) -> ResNet:
 # ------------------------------------------------------------------------------------------ MobileNetV2
 
 
+def tapped_features(layers, taps: dict[str, int], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Runs `layers` up to the last tap; returns the outputs of the layers `taps` names (f4, f8, f16)."""
+    names = {index: name for name, index in taps.items()}
+    out = {}
+    for index, layer in enumerate(layers[: taps["f16"] + 1]):
+        x = layer(x)
+        if index in names:
+            out[names[index]] = x
+    return out
+
+
 class ConvBNAct(nn.Sequential):
     """torchvision's Conv2dNormActivation: keys `.0` (conv) and `.1` (BN)."""
 
@@ -179,13 +190,7 @@ class MobileNetV2(nn.Module):
         return self
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        taps = {index: name for name, index in self.TAPS.items()}
-        out = {}
-        for index, layer in enumerate(self.features[: self.TAPS["f16"] + 1]):
-            x = layer(x)
-            if index in taps:
-                out[taps[index]] = x  # f4: B,24,H/4 ; f8: B,32,H/8 ; f16: B,96,H/16
-        return out
+        return tapped_features(self.features, self.TAPS, x)  # f4: B,24,H/4 ; f8: B,32,H/8 ; f16: B,96,H/16
 
 
 # ------------------------------------------------------------------------------------ EfficientNet-Lite0
@@ -246,14 +251,8 @@ class EfficientNetLite0(nn.Module):
         return self
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        taps = {index: name for name, index in self.TAPS.items()}
         x = self._relu(self._bn0(self._conv_stem(x)))
-        out = {}
-        for index, block in enumerate(self._blocks[: self.TAPS["f16"] + 1]):
-            x = block(x)
-            if index in taps:
-                out[taps[index]] = x  # f4: B,24,H/4 ; f8: B,40,H/8 ; f16: B,112,H/16
-        return out
+        return tapped_features(self._blocks, self.TAPS, x)  # f4: B,24,H/4 ; f8: B,40,H/8 ; f16: B,112,H/16
 
 
 BACKBONES = {

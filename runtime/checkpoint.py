@@ -21,12 +21,16 @@ def checkpoint_dict(model: MobileVOS, **extra) -> dict:
             "config": model.config.to_dict(), "model": model.state_dict(), **extra}
 
 
-def save_checkpoint(path: str | Path, model: MobileVOS, **extra) -> None:
-    """Atomic: a crash mid-write leaves the previous checkpoint intact."""
+def save_checkpoint(path: str | Path, model: MobileVOS, half: bool = False, **extra) -> None:
+    """Atomic: a crash mid-write leaves the previous checkpoint intact. `half` stores floating-point weights
+    in fp16 (half the size; loading casts them back to the model's fp32)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    data = checkpoint_dict(model, **extra)
+    if half:
+        data["model"] = {k: v.half() if v.is_floating_point() else v for k, v in data["model"].items()}
     with atomic_path(path) as tmp:
-        torch.save(checkpoint_dict(model, **extra), tmp)
+        torch.save(data, tmp)
 
 
 def read_checkpoint(path: str | Path) -> dict:

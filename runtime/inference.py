@@ -9,6 +9,7 @@ memory's reference slot), so objects may first appear in a later frame, as in Yo
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -17,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from mvos.runtime.errors import MvosError
-from mvos.runtime.memory import FixedQueueMemory, UnboundedMemory, make_memory
-from mvos.runtime.model import IMAGENET_MEAN, IMAGENET_STD, STRIDE, KeyFeatures, MobileVOS, soft_aggregate
+from mvos.runtime.memory import FixedQueueMemory, UnboundedMemory, make_memory, others_mask
+from mvos.runtime.model import IMAGENET_MEAN, IMAGENET_STD, STRIDE, KeyFeatures, QueryFeatures, soft_aggregate
+from mvos.runtime.settings import DEFAULT, InferenceSettings
 
 MAX_OBJECTS = 255
 
@@ -31,36 +33,40 @@ class Backend(Protocol):
 
     def encode_key(self, frame: torch.Tensor) -> KeyFeatures: ...  # 1,3,H,W
 
-    def encode_value(self, features: KeyFeatures, masks: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
-        ...  # masks, others: N,1,H,W -> N,Cv,h,w
+    def encode_value(self, frame: torch.Tensor, features: KeyFeatures, masks: torch.Tensor,
+                     others: torch.Tensor) -> torch.Tensor: ...  # masks, others: N,1,H,W -> N,Cv,h,w
 
-    def decode(self, features: KeyFeatures, memory_keys: torch.Tensor, memory_values: torch.Tensor,
+    def decode(self, query: QueryFeatures, memory_keys: torch.Tensor, memory_values: torch.Tensor,
                num_objects: int) -> torch.Tensor: ...  # T,Ck,h,w ; T,N*Cv,h,w -> logits N,1,H,W
 
     def describe(self) -> dict: ...
 
 
 class TorchBackend:
+    """Any network with the stage interface (MobileVOS, the STCN teacher) run by PyTorch."""
+
     name = "torch"
     fixed_size = None
 
-    def __init__(self, model: MobileVOS):
+    def __init__(self, model, top_k: int | None = None):
         self.model = model.eval()
+        self.top_k = top_k
 
     def encode_key(self, frame: torch.Tensor) -> KeyFeatures:
         return self.model.encode_key(frame)
 
-    def encode_value(self, features: KeyFeatures, masks: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_value(features.f16, masks, others)
+    def encode_value(self, frame: torch.Tensor, features: KeyFeatures, masks: torch.Tensor,
+                     others: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_value(frame, features, masks, others)
 
-    def decode(self, features: KeyFeatures, memory_keys: torch.Tensor, memory_values: torch.Tensor,
+    def decode(self, query: QueryFeatures, memory_keys: torch.Tensor, memory_values: torch.Tensor,
                num_objects: int) -> torch.Tensor:
         keys = memory_keys.transpose(0, 1).reshape(1, memory_keys.shape[1], -1)  # 1,Ck,T*h*w
         values = memory_values.transpose(0, 1).reshape(1, memory_values.shape[1], -1)  # 1,N*Cv,T*h*w
-        return self.model.segment(features, keys, values, num_objects)[0]
+        return self.model.segment(query, keys, values, num_objects, self.top_k)[0]
 
     def describe(self) -> dict:
-        return {"backend": self.name, "variant": self.model.variant,
+        return {"backend": self.name, "variant": self.model.variant, "top_k": self.top_k,
                 "parameters": self.model.num_parameters(), "config": self.model.config.to_dict()}
 
 
@@ -104,30 +110,32 @@ class ObjectGroup:
 
 @dataclass
 class Segmenter:
-    """`step(frame, mask)` per frame -> probabilities (1+N, H, W): background then `object_ids` order."""
+    """`step(frame, mask)` per frame -> probabilities (1+N, H, W): background then `object_ids` order.
+    The memory settings (queue length, mode) and the resize come from `settings`; the backend runs the
+    networks (top-k is the backend's, as the exported decoder bakes it in)."""
 
     backend: Backend
-    queue_len: int = 2
-    memory: str = "fixed"  # fixed | unbounded
-    mem_every: int = 5
-    size: int | None = 480  # short side; ignored by fixed-size backends
+    settings: InferenceSettings = DEFAULT
     object_ids: list[int] = field(default_factory=list)
     groups: list[ObjectGroup] = field(default_factory=list)
     frame_index: int = 0
 
     def __post_init__(self):
-        make_memory(self.memory, self.queue_len, self.mem_every)  # validates the options early
-        if isinstance(self.backend, MobileVOS):
-            self.backend = TorchBackend(self.backend)
         self._mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    @property
+    def size(self) -> int | None:
+        """Short side frames are resized to; fixed-size backends fit frames into their own size instead."""
+        return None if self.backend.fixed_size is not None else self.settings.size
 
     def reset(self) -> None:
         self.object_ids, self.groups, self.frame_index = [], [], 0
 
     def describe(self) -> dict:
-        return {**self.backend.describe(), "queue_len": self.queue_len, "memory": self.memory,
-                "mem_every": self.mem_every, "size": self.size}
+        s = self.settings
+        return {**self.backend.describe(), "queue_len": s.queue_len, "memory": s.memory, "mem_every": s.mem_every,
+                "size": self.size}
 
     @property
     def num_parameters(self) -> int:
@@ -143,7 +151,8 @@ class Segmenter:
         if frame.ndim != 3 or frame.shape[2] != 3:
             raise MvosError(f"frame {self.frame_index}: expected an HxWx3 RGB image, got shape {frame.shape}")
         geometry = FrameGeometry.for_frame(frame.shape[0], frame.shape[1], self.size, self.backend.fixed_size)
-        features = self.backend.encode_key(self._prepare_frame(frame, geometry))
+        image = self._prepare_frame(frame, geometry)
+        features = self.backend.encode_key(image)
 
         object_probs = self._predict(features, geometry)  # N,1,H,W
         if mask is not None:
@@ -151,7 +160,7 @@ class Segmenter:
         if not self.object_ids:
             raise MvosError(f"frame {self.frame_index}: no objects to track yet (give a mask with at least one object)")
         probs = soft_aggregate(object_probs, dim=0)  # 1+N,1,H,W
-        self._memorise(features, probs[1:])
+        self._memorise(image, features, probs[1:])
         self.frame_index += 1
         return geometry.restore(probs[:, 0]).numpy()
 
@@ -173,7 +182,7 @@ class Segmenter:
         per_group = []
         for group in self.groups:
             keys, values = group.memory.read()
-            logits = self.backend.decode(features, keys, values, len(group.object_ids))  # n,1,H,W
+            logits = self.backend.decode(features.query, keys, values, len(group.object_ids))  # n,1,H,W
             per_group.append(torch.sigmoid(logits))
         if not per_group:
             return torch.zeros(0, 1, *geometry.padded)
@@ -207,18 +216,72 @@ class Segmenter:
         if new_ids:
             object_probs = torch.cat([object_probs, given[[ids.index(i) for i in new_ids]]], dim=0)
             self.object_ids.extend(new_ids)
-            self.groups.append(ObjectGroup(new_ids, make_memory(self.memory, self.queue_len, self.mem_every)))
+            s = self.settings
+            self.groups.append(ObjectGroup(new_ids, make_memory(s.memory, s.queue_len, s.mem_every)))
         return object_probs
 
-    def _memorise(self, features: KeyFeatures, object_probs: torch.Tensor) -> None:
+    def _memorise(self, image: torch.Tensor, features: KeyFeatures, object_probs: torch.Tensor) -> None:
         """object_probs: N,1,H,W aggregated probabilities of this frame's result."""
-        total = object_probs.sum(dim=0, keepdim=True)
+        others = others_mask(object_probs, dim=0)  # every object's "others" counts all groups' objects
         start = 0
         for group in self.groups:
             n = len(group.object_ids)
             if group.memory.wants(self.frame_index):
                 masks = object_probs[start:start + n]
-                others = (total - masks).clamp(0, 1)
-                value = self.backend.encode_value(features, masks, others)  # n,Cv,h,w
+                value = self.backend.encode_value(image, features, masks, others[start:start + n])  # n,Cv,h,w
                 group.memory.write(features.key[0], value.reshape(-1, *value.shape[2:]), self.frame_index)
             start += n
+
+
+# ------------------------------------------------------------------------------------------- the video loop
+
+
+@dataclass
+class TrackedFrame:
+    index: int
+    frame: np.ndarray  # the input, H,W,3 uint8 RGB
+    labels: np.ndarray  # H,W uint8 object ids at the frame's own size
+    probs: np.ndarray | None  # 1+N,H,W (background, then `object_ids` order); None before any object is given
+    ms: float | None  # model time (step + label map, no file I/O); None when nothing ran
+
+
+@dataclass
+class Timing:
+    """Model time per frame; the steady state leaves out the first timed frame, which pays one-off
+    allocation and warm-up."""
+
+    ms: list[float] = field(default_factory=list)
+    frames: list[int] = field(default_factory=list)  # the index of each timed frame
+
+    def add(self, frame: TrackedFrame) -> None:
+        if frame.ms is not None:
+            self.ms.append(frame.ms)
+            self.frames.append(frame.index)
+
+    @property
+    def steady(self) -> list[float]:
+        return self.ms[1:] or self.ms
+
+    @property
+    def ms_per_frame(self) -> float:
+        return float(np.mean(self.steady)) if self.ms else 0.0
+
+    @property
+    def fps(self) -> float:
+        return 1000.0 / self.ms_per_frame if self.ms_per_frame else 0.0
+
+
+def track(segmenter: Segmenter, frames, masks: dict[int, tuple[np.ndarray, list[int] | None]]):
+    """The one loop that segments a video: yields a TrackedFrame per input frame. `masks` maps a frame index to
+    (mask of object ids, which ids to take or None for all of them) where objects are given; frames before the
+    first given object come back empty and untimed."""
+    segmenter.reset()
+    for index, frame in enumerate(frames):
+        mask, objects = masks.get(index, (None, None))
+        if not segmenter.object_ids and mask is None:
+            yield TrackedFrame(index, frame, np.zeros(frame.shape[:2], np.uint8), None, None)
+            continue
+        start = time.perf_counter()
+        probs = segmenter.step(frame, mask, objects)
+        labels = segmenter.index_map(probs)
+        yield TrackedFrame(index, frame, labels, probs, (time.perf_counter() - start) * 1000)

@@ -4,6 +4,7 @@ Everything written goes to a temporary name first and is renamed into place when
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import uuid
@@ -93,6 +94,14 @@ def open_frames(path: str | Path) -> FrameSource:
     if count <= 0:
         raise MvosError(f"video {path} reports no frames")
     return FrameSource(path, None, count, float(fps), bgr.shape[:2])
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def require_file(path: str | Path, what: str) -> Path:

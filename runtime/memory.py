@@ -1,15 +1,87 @@
-"""Memory state for the space-time memory read: the one implementation shared by the PyTorch engine, the
-TFLite runtime and (as documented in the export manifest) the Android app.
+"""The memory protocol: the one definition of what the space-time memory holds and how it is updated. The
+PyTorch engine, the training rollout, the TFLite runtime and the Android core follow it; the export manifest's
+`memory` description is generated from it (`protocol_description`).
 
-Keys are stored per frame as (Ck, h, w) and values as (N*Cv, h, w) (all objects of a group stacked on
-channels), so a slot is one index along the first axis and the decoder graph takes rank-4 tensors.
+Fixed queue of T slots (T in 1..MAX_QUEUE_LEN):
+- the frame where objects are given (the reference) writes its key and values into every slot, so slot 0
+  holds it for the whole video;
+- each later frame that is memorised writes into slot `write_slot(writes, T)` = 1 + (writes % (T-1)), round
+  robin over 1..T-1, where `writes` counts the frames memorised after the reference; T=1 never writes again;
+- a frame's value is encoded per object from the object's aggregated probability (`mask`) and the other
+  objects' (`others_mask`: their sum clamped to 0..1); the objects' values are stacked on channels.
+
+Keys are stored per frame as (Ck, h, w) and values as (N*Cv, h, w), so a slot is one index along the first
+axis and the decoder graph takes rank-4 tensors.
 """
 
 from __future__ import annotations
 
 import torch
 
+from mvos.runtime.errors import MvosError
+
+MIN_QUEUE_LEN = 1
 MAX_QUEUE_LEN = 20
+MEMORY_MODES = ("fixed", "unbounded")
+
+
+def check_queue_len(queue_len: int, what: str = "queue length") -> int:
+    if isinstance(queue_len, bool) or not isinstance(queue_len, int) or not MIN_QUEUE_LEN <= queue_len <= MAX_QUEUE_LEN:
+        raise MvosError(f"{what} must be in {MIN_QUEUE_LEN}..{MAX_QUEUE_LEN}, got {queue_len}")
+    return queue_len
+
+
+def parse_queue_lens(values: tuple[str, ...] | list[str]) -> list[int]:
+    """'2', '1,2,5', '1..20' (inclusive), repeatable -> sorted distinct queue lengths, each checked."""
+    out: set[int] = set()
+    for value in values:
+        for part in str(value).replace(" ", "").split(","):
+            try:
+                if ".." in part:
+                    lo, hi = (int(x) for x in part.split(".."))
+                    out.update(range(lo, hi + 1) if lo <= hi else [lo])
+                else:
+                    out.add(int(part))
+            except ValueError:
+                raise MvosError(f"--queue-len {value!r}: expected N, N,M,... or A..B") from None
+    for t in sorted(out):
+        check_queue_len(t, f"--queue-len {t} is out of range: queue lengths")
+    return sorted(out)
+
+
+def write_slot(writes: int, queue_len: int) -> int | None:
+    """The slot a frame memorised after `writes` earlier ones (reference excluded) overwrites; None for T=1."""
+    return None if queue_len == 1 else 1 + writes % (queue_len - 1)
+
+
+def slot_frames(writes: int, queue_len: int) -> list[int]:
+    """What each slot holds after the reference and `writes` later frames were memorised: 0 for the reference,
+    k for the k-th frame memorised after it."""
+    slots = [0] * queue_len
+    for k in range(writes):
+        slot = write_slot(k, queue_len)
+        if slot is not None:
+            slots[slot] = k + 1
+    return slots
+
+
+def others_mask(probs: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """The value encoder's "others" input per object: the sum of the other objects' probabilities, in 0..1."""
+    return (probs.sum(dim=dim, keepdim=True) - probs).clamp(0, 1)
+
+
+def protocol_description() -> dict:
+    """The protocol as the export manifest records it, with worked slot sequences the Android core checks."""
+    return {
+        "slots": "T = the decoder's queue length; mem_keys T,Ck,h,w and mem_values T,N*Cv,h,w",
+        "queue_length_range": [MIN_QUEUE_LEN, MAX_QUEUE_LEN],
+        "first_frame": "write its key and value into every slot (slot 0 keeps it for the whole video)",
+        "later_frames": "write into slot 1 + (writes % (T-1)), writes = frames memorised after the first; "
+                        "T=1 never writes again",
+        "value": "run value_encoder once per object: mask = its aggregated probability, others = "
+                 "clamp(sum of all objects' probabilities - mask, 0, 1); stack the objects' values on channels",
+        "write_slots": {str(t): [write_slot(k, t) for k in range(6)] for t in (1, 2, 3, 5)},
+    }
 
 
 class FixedQueueMemory:
@@ -21,10 +93,8 @@ class FixedQueueMemory:
     T=2, duplicating the only frame leaves the softmax read exactly unchanged.)
     """
 
-    def __init__(self, queue_len: int = 2):
-        if not 1 <= queue_len <= MAX_QUEUE_LEN:
-            raise ValueError(f"queue length must be in 1..{MAX_QUEUE_LEN}, got {queue_len}")
-        self.queue_len = queue_len
+    def __init__(self, queue_len: int):
+        self.queue_len = check_queue_len(queue_len)
         self.keys: torch.Tensor | None = None  # T,Ck,h,w
         self.values: torch.Tensor | None = None  # T,N*Cv,h,w
         self.frame_of_slot: list[int] = []
@@ -46,16 +116,13 @@ class FixedQueueMemory:
             self.values = value.unsqueeze(0).repeat(t, 1, 1, 1).contiguous()
             self.frame_of_slot = [frame_index] * t
             return
-        if self.queue_len == 1:
+        slot = write_slot(self.writes, self.queue_len)
+        if slot is None:
             return
-        slot = self.next_slot()
         self.keys[slot] = key
         self.values[slot] = value
         self.frame_of_slot[slot] = frame_index
         self.writes += 1
-
-    def next_slot(self) -> int:
-        return 1 + self.writes % (self.queue_len - 1)
 
     def read(self) -> tuple[torch.Tensor, torch.Tensor]:
         """keys T,Ck,h,w ; values T,N*Cv,h,w (the fixed-shape state the decoder graph takes)."""
@@ -75,9 +142,9 @@ class UnboundedMemory:
     """STCN's growing memory, for comparison: the reference frame and every `every`-th frame are kept
     for good, and the last frame is kept as a temporary entry until the next one replaces it."""
 
-    def __init__(self, every: int = 5):
+    def __init__(self, every: int):
         if every < 1:
-            raise ValueError(f"memory interval must be >= 1, got {every}")
+            raise MvosError(f"memory interval must be >= 1, got {every}")
         self.every = every
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
@@ -123,9 +190,9 @@ class UnboundedMemory:
         return sum(k.nbytes + v.nbytes for k, v in entries)
 
 
-def make_memory(mode: str = "fixed", queue_len: int = 2, every: int = 5) -> FixedQueueMemory | UnboundedMemory:
+def make_memory(mode: str, queue_len: int, every: int) -> FixedQueueMemory | UnboundedMemory:
     if mode == "fixed":
         return FixedQueueMemory(queue_len)
     if mode == "unbounded":
         return UnboundedMemory(every)
-    raise ValueError(f"unknown memory mode {mode!r} (fixed | unbounded)")
+    raise MvosError(f"unknown memory mode {mode!r} ({' | '.join(MEMORY_MODES)})")

@@ -32,7 +32,6 @@ class MobileVOSConfig:
     value_dim: int = 64  # memory value and query value (key_comp) channels
     aspp_dim: int = 96
     decoder_dims: tuple[int, int, int] = (96, 48, 24)  # after compress, at stride 8, at stride 4
-    top_k: int | None = None  # memory read keeps the k best matches per query pixel; off for students
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,9 +41,14 @@ class MobileVOSConfig:
         return config_from_dict(cls, data, "model")
 
 
+# Inference settings older checkpoints stored in the model config; they live in InferenceSettings now.
+LEGACY_CONFIG_FIELDS = ("top_k",)
+
+
 def config_from_dict(cls: type, data: dict, what: str):
     """A model config dataclass from a checkpoint's dict: unknown fields are an error (a checkpoint of another
     architecture), and `decoder_dims` comes back a tuple (JSON/YAML store lists)."""
+    data = {k: v for k, v in data.items() if k not in LEGACY_CONFIG_FIELDS}
     unknown = set(data) - set(cls.__dataclass_fields__)
     if unknown:
         raise MvosError(f"unknown {what} config fields: {', '.join(sorted(unknown))}")
@@ -64,14 +68,30 @@ VARIANTS: dict[str, MobileVOSConfig] = {
     "effnetlite0": MobileVOSConfig(key_encoder="efficientnet-lite0", aspp=True),
 }
 PAPER_PARAMETERS = {"resnet18": 8.1e6, "mobilenetv2": 2.5e6, "mobilenetv2-noaspp": 1.9e6}
+DEFAULT_VARIANT = "mobilenetv2"  # the paper's MobileNetV2 student with ASPP
+
+
+class QueryFeatures(NamedTuple):
+    """What the memory read and the decoder take of the frame being segmented."""
+
+    key: torch.Tensor  # B,Ck,h,w
+    value: torch.Tensor  # B,Cv,h,w   query value (STCN's key_comp of f16)
+    f8: torch.Tensor  # B,C8,2h,2w
+    f4: torch.Tensor  # B,C4,4h,4w
 
 
 class KeyFeatures(NamedTuple):
+    """Everything the key encoder gives: the query features plus f16, which the value encoder fuses."""
+
     key: torch.Tensor  # B,Ck,h,w
-    value: torch.Tensor  # B,Cv,h,w   query value (STCN's key_comp of f16)
+    value: torch.Tensor  # B,Cv,h,w
     f16: torch.Tensor  # B,C16,h,w
     f8: torch.Tensor  # B,C8,2h,2w
     f4: torch.Tensor  # B,C4,4h,4w
+
+    @property
+    def query(self) -> QueryFeatures:
+        return QueryFeatures(self.key, self.value, self.f8, self.f4)
 
 
 class KeyEncoder(nn.Module):
@@ -143,6 +163,10 @@ def aggregated_logits(object_probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
 
 
 class MobileVOS(nn.Module):
+    """The stages a phone runs as three subgraphs, the interface the STCN teacher implements too:
+    encode_key(frame) -> KeyFeatures ; encode_value(frame, features, masks, others) -> memory values ;
+    segment(query, memory_keys, memory_values, num_objects, top_k) -> (logits, z)."""
+
     def __init__(self, config: MobileVOSConfig, variant: str | None = None):
         super().__init__()
         self.config = config
@@ -160,8 +184,11 @@ class MobileVOS(nn.Module):
     def encode_key(self, frame: torch.Tensor) -> KeyFeatures:
         return self.key_encoder(frame)
 
-    def encode_value(self, f16: torch.Tensor, masks: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
-        return self.value_encoder(f16, masks, others)
+    def encode_value(self, frame: torch.Tensor, features: KeyFeatures, masks: torch.Tensor,
+                     others: torch.Tensor) -> torch.Tensor:
+        """masks, others: B*N,1,H,W (objects of a frame consecutive) -> B*N,Cv,h,w. The value encoder sees the
+        masks and the key encoder's f16, not the frame itself (MobileVOS's mask-only value encoder)."""
+        return self.value_encoder(features.f16, masks, others)
 
     def decode(self, query_value: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor,
                readout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,19 +202,19 @@ class MobileVOS(nn.Module):
         logits, z = self.decoder(x, f8, f4)  # BN,1,H/4,W/4
         return F.interpolate(logits, scale_factor=4.0, mode="bilinear", align_corners=False), z
 
-    def segment(self, features: KeyFeatures, memory_keys: torch.Tensor, memory_values: torch.Tensor,
-                num_objects: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def segment(self, query: QueryFeatures, memory_keys: torch.Tensor, memory_values: torch.Tensor,
+                num_objects: int, top_k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One frame against a memory. memory_keys B,Ck,M ; memory_values B,N*Cv,M -> logits B*N,1,H,W, z."""
-        b, _, h, w = features.key.shape
-        readout = memory_readout(features.key, memory_keys, memory_values, self.config.top_k)  # B,N*Cv,h,w
+        b, _, h, w = query.key.shape
+        readout = memory_readout(query.key, memory_keys, memory_values, top_k)  # B,N*Cv,h,w
         readout = readout.reshape(b * num_objects, -1, h, w)
-        return self.decode(features.value, features.f8, features.f4, readout)
+        return self.decode(query.value, query.f8, query.f4, readout)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
 
-def build_model(variant: str = "mobilenetv2", backbone_weights: str | None = None, **overrides) -> MobileVOS:
+def build_model(variant: str = DEFAULT_VARIANT, backbone_weights: str | None = None, **overrides) -> MobileVOS:
     if variant not in VARIANTS:
         raise MvosError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     config = VARIANTS[variant]

@@ -8,12 +8,11 @@ import pytest
 
 from cli_helpers import run_mvos
 
-pytestmark = pytest.mark.slow
-
-SMALL = ["--variant", "mobilenetv2-noaspp", "--size", "32x32", "--queue-len", "1,2", "--threads", "1",
+SMALL = ["--variant", "mobilenetv2-noaspp", "--random-weights", "--size", "32x32", "--queue-len", "1,2", "--threads", "1",
          "--num-runs", "3", "--warmup-runs", "1", "--no-verify"]
 
 
+@pytest.mark.slow  # ~60 s: exports, then litert-benchmark
 def test_host_bench_exports_measures_resumes_and_plots(capsys, no_user_config, tmp_path):
     models, results = tmp_path / "exports", tmp_path / "results.csv"
     first = run_mvos(capsys, "bench", "--device", "host", *SMALL, "--model-dir", models, "--out", results,

@@ -11,7 +11,7 @@ from mvos.runtime.io import read_mask
 from cli_helpers import run_mvos
 from helpers import moving_scene, write_frame_folder, write_palette_mask, write_video
 
-MODEL = ["--variant", "mobilenetv2-noaspp", "--size", "48"]
+MODEL = ["--variant", "mobilenetv2-noaspp", "--weights", "random", "--size", "48"]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,6 @@ def scene(tmp_path_factory):
 
 @pytest.mark.parametrize("source", ["video", "folder"])
 def test_segment_end_to_end(capsys, monkeypatch, tmp_path, scene, source):
-    monkeypatch.setattr("mvos.runtime.options._warned_random", False)  # said once per process
     out = tmp_path / "out"
     overlay = tmp_path / "videos" / "overlay.mp4"  # a folder that does not exist yet, as README's out/dog.mp4
     result = run_mvos(capsys, "segment", scene[source], "--mask", scene["mask"], "--out", out,

@@ -3,9 +3,11 @@ import pytest
 import torch
 
 from mvos.runtime.errors import MvosError
-from mvos.runtime.inference import FrameGeometry, Segmenter
-from mvos.runtime.memory import FixedQueueMemory, UnboundedMemory
+from mvos.runtime.inference import FrameGeometry, Segmenter, Timing, TorchBackend, track
+from mvos.runtime.memory import (FixedQueueMemory, UnboundedMemory, others_mask, parse_queue_lens, protocol_description,
+                                 slot_frames, write_slot)
 from mvos.runtime.model import build_model
+from mvos.runtime.settings import DEFAULT, InferenceSettings
 
 from helpers import moving_scene
 
@@ -14,6 +16,10 @@ from helpers import moving_scene
 def model():
     torch.manual_seed(0)
     return build_model("mobilenetv2-noaspp").eval()
+
+
+def engine(model, **settings) -> Segmenter:
+    return Segmenter(TorchBackend(model), DEFAULT.replace(**settings))
 
 
 def test_fixed_queue_slots_and_ring_order():
@@ -38,7 +44,7 @@ def test_queue_length_one_keeps_only_the_reference():
 
 def test_queue_length_is_validated():
     for bad in (0, 21):
-        with pytest.raises(ValueError):
+        with pytest.raises(MvosError, match="1..20"):
             FixedQueueMemory(bad)
 
 
@@ -52,19 +58,19 @@ def test_unbounded_memory_keeps_every_kth_and_the_last_frame():
 
 def test_t2_memory_holds_first_and_previous_frame_and_stays_constant_over_200_frames(model):
     frames, masks = moving_scene(num_frames=200, height=32, width=48, objects=1)
-    segmenter = Segmenter(model, queue_len=2, size=None)
+    segmenter = engine(model, queue_len=2, size=None)
     sizes = []
     for t, frame in enumerate(frames):
         segmenter.step(frame, masks[0] if t == 0 else None)
         memory = segmenter.groups[0].memory
-        assert memory.frames() == [0, t] if t > 0 else [0]  # after step t the memory is {0, t} for frame t+1
+        assert memory.frames() == ([0, t] if t > 0 else [0])  # after step t the memory is {0, t} for frame t+1
         sizes.append(segmenter.memory_nbytes())
     assert len(set(sizes)) == 1
 
 
 def test_unbounded_memory_grows(model):
     frames, masks = moving_scene(num_frames=12, height=32, width=48, objects=1)
-    segmenter = Segmenter(model, memory="unbounded", mem_every=5, size=None)
+    segmenter = engine(model, memory="unbounded", mem_every=5, size=None)
     sizes = [segmenter.step(f, masks[0] if t == 0 else None) is not None and segmenter.memory_nbytes()
              for t, f in enumerate(frames)]
     assert sizes[-1] > sizes[0]
@@ -72,7 +78,7 @@ def test_unbounded_memory_grows(model):
 
 def test_probabilities_sum_to_one_at_the_original_size(model):
     frames, masks = moving_scene(num_frames=3, height=50, width=70, objects=2)
-    segmenter = Segmenter(model, size=40)
+    segmenter = engine(model, size=40)
     for t, frame in enumerate(frames):
         probs = segmenter.step(frame, masks[0] if t == 0 else None)
         assert probs.shape == (3, 50, 70)
@@ -82,14 +88,14 @@ def test_probabilities_sum_to_one_at_the_original_size(model):
 
 def test_given_mask_is_reproduced_on_its_frame(model):
     frames, masks = moving_scene(num_frames=1, height=48, width=64, objects=3)
-    segmenter = Segmenter(model, size=None)
+    segmenter = engine(model, size=None)
     result = segmenter.index_map(segmenter.step(frames[0], masks[0]))
     np.testing.assert_array_equal(result, masks[0])
 
 
 def test_object_appearing_at_frame_5(model):
     frames, masks = moving_scene(num_frames=9, height=48, width=64, objects=2)
-    segmenter = Segmenter(model, queue_len=2, size=None)
+    segmenter = engine(model, queue_len=2, size=None)
     first_only = np.where(masks[0] == 1, 1, 0).astype(np.uint8)
     late_only = np.where(masks[5] == 2, 2, 0).astype(np.uint8)
     for t, frame in enumerate(frames):
@@ -104,7 +110,7 @@ def test_object_appearing_at_frame_5(model):
 
 
 def test_first_frame_without_objects_is_an_error(model):
-    segmenter = Segmenter(model, size=None)
+    segmenter = engine(model, size=None)
     frame = np.zeros((32, 32, 3), np.uint8)
     with pytest.raises(MvosError, match="no objects"):
         segmenter.step(frame, np.zeros((32, 32), np.uint8))
@@ -119,3 +125,63 @@ def test_frame_geometry_resizes_short_side_and_pads_to_stride():
     assert fixed.resized == (480, 853) and fixed.padded == (480, 864)
     restored = geometry.restore(torch.rand(2, 480, 864))
     assert restored.shape == (2, 720, 1280)
+
+
+# ------------------------------------------------------------------------------------------ the protocol
+
+
+def test_write_slots_follow_the_protocol():
+    assert [write_slot(k, 1) for k in range(4)] == [None] * 4  # T=1 never writes after the reference
+    assert [write_slot(k, 2) for k in range(4)] == [1, 1, 1, 1]
+    assert [write_slot(k, 3) for k in range(5)] == [1, 2, 1, 2, 1]
+    assert slot_frames(0, 3) == [0, 0, 0] and slot_frames(3, 3) == [0, 3, 2] and slot_frames(4, 1) == [0]
+
+
+@pytest.mark.parametrize("queue_len", [1, 2, 3, 5])
+def test_the_engines_memory_holds_what_the_protocol_says(queue_len):
+    memory = FixedQueueMemory(queue_len)
+    for frame in range(9):
+        memory.write(torch.zeros(1, 1, 1), torch.zeros(1, 1, 1), frame)
+        assert memory.frame_of_slot == slot_frames(frame, queue_len)  # frame k is the k-th write after frame 0
+
+
+def test_protocol_description_carries_worked_slot_sequences():
+    described = protocol_description()
+    assert described["queue_length_range"] == [1, 20]
+    assert described["write_slots"]["3"] == [1, 2, 1, 2, 1, 2]
+    assert described["write_slots"]["1"] == [None] * 6
+
+
+def test_others_mask_is_the_clamped_sum_of_the_other_objects():
+    probs = torch.tensor([0.7, 0.6, 0.1]).view(3, 1, 1, 1)
+    torch.testing.assert_close(others_mask(probs).flatten(), torch.tensor([0.7, 0.8, 1.0]))
+
+
+def test_queue_length_lists_and_ranges():
+    assert parse_queue_lens(["1..3", "5", "2"]) == [1, 2, 3, 5]
+    with pytest.raises(MvosError, match="out of range"):
+        parse_queue_lens(["0..2"])
+    with pytest.raises(MvosError, match="expected N"):
+        parse_queue_lens(["two"])
+
+
+def test_settings_are_checked_in_one_line():
+    assert DEFAULT.queue_len == 2 and DEFAULT.size == 480 and DEFAULT.memory == "fixed"
+    for bad, match in (({"queue_len": 21}, "1..20"), ({"memory": "forever"}, "memory must be"),
+                       ({"size": 8}, "size must be"), ({"backend": "onnx"}, "backend must be"),
+                       ({"backend": "tflite", "memory": "unbounded"}, "fixed-queue memory only")):
+        with pytest.raises(MvosError, match=match):
+            InferenceSettings(**bad)
+    assert InferenceSettings.from_options({"queue_len": 3, "weights": "x", "size": None}).size == DEFAULT.size
+
+
+def test_track_times_every_segmented_frame_and_skips_frames_before_the_mask(model):
+    frames, masks = moving_scene(num_frames=5, height=32, width=48, objects=1)
+    results = list(track(engine(model, size=None), frames, {2: (masks[2], None)}))
+    assert [r.ms is None for r in results] == [True, True, False, False, False]
+    assert not results[0].labels.any() and results[0].probs is None
+    np.testing.assert_array_equal(results[2].labels, masks[2])
+    timing = Timing()
+    for result in results:
+        timing.add(result)
+    assert timing.frames == [2, 3, 4] and len(timing.steady) == 2 and timing.fps > 0

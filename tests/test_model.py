@@ -9,14 +9,15 @@ def test_stage_shapes(variant):
     model = build_model(variant).eval()
     config = model.config
     with torch.no_grad():
-        features = model.encode_key(torch.randn(1, 3, 64, 96))
+        frame = torch.randn(1, 3, 64, 96)
+        features = model.encode_key(frame)
         assert tuple(features.key.shape) == (1, config.key_dim, 4, 6)
         assert tuple(features.value.shape) == (1, config.value_dim, 4, 6)
-        value = model.encode_value(features.f16, torch.rand(3, 1, 64, 96), torch.rand(3, 1, 64, 96))
+        value = model.encode_value(frame, features, torch.rand(3, 1, 64, 96), torch.rand(3, 1, 64, 96))
         assert tuple(value.shape) == (3, config.value_dim, 4, 6)
         memory_keys = torch.cat([features.key.flatten(2)] * 2, dim=2)  # 1,Ck,2*h*w (two memory frames)
         memory_values = torch.cat([value.reshape(1, -1, 24)] * 2, dim=2)  # 1,3*Cv,2*h*w
-        logits, z = model.segment(features, memory_keys, memory_values, num_objects=3)
+        logits, z = model.segment(features.query, memory_keys, memory_values, num_objects=3)
     assert tuple(logits.shape) == (3, 1, 64, 96)
     assert tuple(z.shape) == (3, config.decoder_dims[2], 16, 24)
 
@@ -53,3 +54,28 @@ def test_soft_aggregation_sums_to_one_and_keeps_order():
     out = soft_aggregate(probs, dim=0)
     assert torch.allclose(out.sum(0), torch.ones(3))
     assert out[:, 0].argmax() == 1 and out[:, 1].argmax() == 2 and out[:, 2].argmax() == 0
+
+
+def test_checkpoints_that_stored_top_k_in_the_config_still_load(tmp_path):
+    from mvos.runtime.checkpoint import load_checkpoint, save_checkpoint
+
+    model = build_model("mobilenetv2-noaspp")
+    path = tmp_path / "old.pth"
+    save_checkpoint(path, model)
+    data = torch.load(path, weights_only=False)
+    data["config"]["top_k"] = None  # what checkpoints written before top-k became an inference setting hold
+    torch.save(data, path)
+    assert load_checkpoint(path).config == model.config
+
+
+def test_half_checkpoints_are_half_the_size_and_load_as_fp32(tmp_path):
+    from mvos.runtime.checkpoint import load_checkpoint, save_checkpoint
+
+    model = build_model("mobilenetv2")
+    save_checkpoint(tmp_path / "full.pth", model)
+    save_checkpoint(tmp_path / "half.pth", model, half=True)
+    assert (tmp_path / "half.pth").stat().st_size < 0.55 * (tmp_path / "full.pth").stat().st_size
+    loaded = load_checkpoint(tmp_path / "half.pth")
+    weight = loaded.decoder.pred.weight
+    assert weight.dtype == torch.float32
+    torch.testing.assert_close(weight, model.decoder.pred.weight.half().float())

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from mvos.runtime.errors import MvosError
@@ -20,7 +19,7 @@ from mvos.runtime.io import atomic_path, check_output, staged_directory
 from cli_helpers import run_mvos
 from helpers import moving_scene, write_frame_folder, write_palette_mask, write_video
 
-MODEL = ["--variant", "mobilenetv2-noaspp", "--size", "48"]
+MODEL = ["--variant", "mobilenetv2-noaspp", "--weights", "random", "--size", "48"]
 
 
 @pytest.fixture()
@@ -333,7 +332,8 @@ def test_export_refuses_a_foreign_folder(capsys, tmp_path):
     out = tmp_path / "exports"
     out.mkdir()
     (out / "photo.jpg").write_bytes(b"x")
-    result = run_mvos(capsys, "export", "--variant", "mobilenetv2-noaspp", "--size", "32x32", "--out", out,
+    result = run_mvos(capsys, "export", "--variant", "mobilenetv2-noaspp", "--weights", "random", "--size", "32x32",
+                      "--out", out,
                       "--no-verify")
     assert result.code == 2 and "--overwrite" in one_error_line(result.err)
     assert (out / "photo.jpg").read_bytes() == b"x"

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from mvos.runtime.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from mvos.runtime.errors import MvosError
 from mvos.runtime.model import build_model
-from mvos.training.soup import greedy_soup, read_ingredients, soup_command
+from mvos.training.cli import soup_command
+from mvos.training.soup import greedy_soup, read_ingredients
 from mvos.training.synth import generate
 
 

@@ -9,7 +9,7 @@ import torch
 from mvos.runtime.checkpoint import save_checkpoint
 from mvos.runtime.errors import MvosError
 from mvos.runtime.model import build_model
-from mvos.training.stcn import STCN_KEY_PREFIXES, STCN, ValueEncoder, build_stcn, encode_value, load_stcn_state, load_stcn_weights
+from mvos.training.stcn import STCN_KEY_PREFIXES, STCN_SETTINGS, STCN, ValueEncoder, build_stcn, load_stcn_state, load_stcn_weights
 from mvos.training.teacher import build_teacher, build_teacher_segmenter
 
 
@@ -138,9 +138,9 @@ def test_stage_api_matches_mobilevos(stcn):
     masks = torch.zeros(2, 1, 64, 96)
     masks[0, :, :32], masks[1, :, 32:] = 1, 1
     with torch.no_grad():
-        value = encode_value(stcn, frame, features, masks, masks.flip(0))  # B*N,512,h,w
+        value = stcn.encode_value(frame, features, masks, masks.flip(0))  # B*N,512,h,w
         assert value.shape == (2, 512, 4, 6)
-        logits, z = stcn.segment(features, features.key.flatten(2), value.reshape(1, -1, 24), num_objects=2)
+        logits, z = stcn.segment(features.query, features.key.flatten(2), value.reshape(1, -1, 24), num_objects=2)
     assert logits.shape == (2, 1, 64, 96) and z.shape == (2, 256, 16, 24)
     assert (z >= 0).all()  # z is what the prediction conv sees: after the ReLU
 
@@ -161,8 +161,9 @@ def test_fuser_concatenates_mask_features_before_key_features():
 
 def test_engine_runs_stcn_with_unbounded_memory_every_5_and_top_k_20():
     torch.manual_seed(0)
-    engine = build_teacher_segmenter("stcn", size=32)
-    assert engine.describe()["config"]["top_k"] == 20 and engine.memory == "unbounded"
+    engine, warning = build_teacher_segmenter("stcn", settings=STCN_SETTINGS.replace(size=32))
+    assert "random weights" in warning
+    assert engine.describe()["top_k"] == 20 and engine.settings.memory == "unbounded"
     rng = np.random.default_rng(0)
     mask = np.zeros((32, 48), np.uint8)
     mask[4:14, 4:14], mask[18:30, 20:40] = 1, 2
@@ -176,6 +177,6 @@ def test_engine_runs_stcn_with_unbounded_memory_every_5_and_top_k_20():
 def test_engine_from_a_mobilevos_checkpoint_gets_top_k(tmp_path):
     path = tmp_path / "teacher.pth"
     save_checkpoint(path, build_model("mobilenetv2-noaspp"))
-    engine = build_teacher_segmenter(str(path), size=32, top_k=20)
-    assert engine.describe()["variant"] == "mobilenetv2-noaspp"
-    assert engine.describe()["config"]["top_k"] == 20 and engine.memory == "unbounded"
+    engine, warning = build_teacher_segmenter(str(path), settings=STCN_SETTINGS.replace(size=32))
+    assert warning is None and engine.describe()["variant"] == "mobilenetv2-noaspp"
+    assert engine.describe()["top_k"] == 20 and engine.settings.memory == "unbounded"

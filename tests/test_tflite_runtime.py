@@ -11,15 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from mvos.export.testing import TINY_MAX_OBJECTS, TINY_SIZE, calibrated_model, tiny_export
+from export_fixtures import TINY_MAX_OBJECTS, TINY_SIZE, calibrated_model, tiny_export
 from mvos.export.verify import run_video, synthetic_video
 from mvos.runtime.errors import MvosError
 from mvos.runtime.inference import FrameGeometry, Segmenter, TorchBackend
-from mvos.runtime.memory import FixedQueueMemory
-from mvos.runtime.options import build_segmenter
+from mvos.runtime.loading import build_segmenter
+from mvos.runtime.memory import FixedQueueMemory, others_mask
+from mvos.runtime.settings import DEFAULT
 from mvos.runtime.tflite import TFLiteBackend
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +42,9 @@ def test_segmenter_matches_pytorch(export_dir, model, queue_len):
     """Three objects (two in frame 0, one in frame 2: two groups, so both padding and one full call run)."""
     frames, masks = synthetic_video(TINY_SIZE, num_frames=5, seed=4)  # T=2 ring wraps from frame 2 on
     with torch.inference_mode():
-        expected = run_video(Segmenter(torch_backend(model), queue_len=queue_len, size=None), frames, masks)
-        segmenter = Segmenter(TFLiteBackend(export_dir, queue_len=queue_len), queue_len=queue_len, size=None)
+        settings = DEFAULT.replace(queue_len=queue_len)
+        expected = run_video(Segmenter(torch_backend(model), settings), frames, masks)
+        segmenter = Segmenter(TFLiteBackend(export_dir, queue_len=queue_len), settings)
         got = run_video(segmenter, frames, masks)
     assert segmenter.object_ids == [1, 2, 3]
     assert [p.shape for p in got] == [p.shape for p in expected]
@@ -59,7 +59,7 @@ def test_host_owns_the_queue(export_dir, model):
     """Slot 0 keeps the reference frame; the recent slots take frames round robin (shared FixedQueueMemory)."""
     frames, masks = synthetic_video(TINY_SIZE, num_frames=5, seed=5)
     backend = TFLiteBackend(export_dir, queue_len=2)
-    segmenter = Segmenter(backend, queue_len=2, size=None)
+    segmenter = Segmenter(backend, DEFAULT.replace(queue_len=2))
     keys = []
     with torch.inference_mode():
         for index, frame in enumerate(frames):
@@ -84,25 +84,26 @@ def test_decode_pads_and_chunks_object_groups(export_dir, model):
     g = torch.Generator().manual_seed(6)
     frames = torch.randn(3, 3, *TINY_SIZE, generator=g)
     with torch.no_grad():
-        query = reference.encode_key(frames[:1])
+        query = reference.encode_key(frames[:1]).query
         memory = [reference.encode_key(frames[i:i + 1]) for i in (1, 2)]
         keys = torch.cat([f.key for f in memory])  # 2,Ck,h,w
         for n in (1, 3):  # groups of 2 (an exact fit) run in test_segmenter_matches_pytorch
             masks = torch.rand(n, 1, *TINY_SIZE, generator=g)
-            others = (masks.sum(0, keepdim=True) - masks).clamp(0, 1)
-            values = torch.stack([reference.encode_value(f, masks, others).reshape(-1, *keys.shape[2:])
-                                  for f in memory])  # 2,n*Cv,h,w
+            others = others_mask(masks, dim=0)
+            values = torch.stack([reference.encode_value(frames[i:i + 1], f, masks, others).reshape(-1, *keys.shape[2:])
+                                  for i, f in zip((1, 2), memory)])  # 2,n*Cv,h,w
             expected = reference.decode(query, keys, values, n)
             got = backend.decode(query, keys, values, n)
             assert got.shape == (n, 1, *TINY_SIZE)
             torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
             # and the value encoder runs once per object
-            torch.testing.assert_close(backend.encode_value(memory[0], masks, others),
-                                       reference.encode_value(memory[0], masks, others), atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(backend.encode_value(frames[1:2], memory[0], masks, others),
+                                       reference.encode_value(frames[1:2], memory[0], masks, others),
+                                       atol=1e-4, rtol=1e-4)
 
 
 def test_frames_of_another_size_are_fitted(export_dir):
-    segmenter = Segmenter(TFLiteBackend(export_dir, queue_len=1), queue_len=1, size=None)
+    segmenter = Segmenter(TFLiteBackend(export_dir, queue_len=1), DEFAULT.replace(queue_len=1))
     frame = np.random.default_rng(0).integers(0, 255, (50, 100, 3), dtype=np.uint8)
     mask = np.zeros((50, 100), np.uint8)
     mask[10:30, 20:60] = 1
@@ -114,8 +115,10 @@ def test_frames_of_another_size_are_fitted(export_dir):
 
 
 def test_build_segmenter_and_describe(export_dir):
-    segmenter = build_segmenter(backend="tflite", model_dir=export_dir, queue_len=2, threads=2)
+    segmenter, warning = build_segmenter(DEFAULT.replace(backend="tflite", queue_len=2, threads=2),
+                                         model_dir=export_dir)
     info = segmenter.describe()
+    assert warning is None and info["size"] is None  # a fixed-size backend fits frames into its own size
     assert info["backend"] == "tflite" and info["precision"] == "fp32" and info["queue_len"] == 2
     assert info["input_size"] == list(TINY_SIZE) and info["max_objects"] == TINY_MAX_OBJECTS
     assert segmenter.backend.fixed_size == TINY_SIZE
@@ -131,6 +134,10 @@ def test_missing_pieces_are_clear_errors(export_dir, tmp_path):
         TFLiteBackend(tmp_path, queue_len=2)
     with pytest.raises(MvosError, match="1..20"):
         TFLiteBackend(export_dir, queue_len=0)
+    with pytest.raises(MvosError, match="exported with top-k None"):
+        build_segmenter(DEFAULT.replace(backend="tflite", top_k=5), model_dir=export_dir)
+    with pytest.raises(MvosError, match="drop --variant"):
+        build_segmenter(DEFAULT.replace(backend="tflite"), model_dir=export_dir, variant="mobilenetv2")
 
 
 def test_damaged_exports_are_clear_errors(export_dir, tmp_path):

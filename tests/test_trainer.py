@@ -19,11 +19,14 @@ from click.testing import CliRunner
 
 from mvos.runtime.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from mvos.runtime.errors import MvosError
-from mvos.runtime.inference import Segmenter
+from mvos.runtime.inference import Segmenter, TorchBackend
 from mvos.runtime.model import IMAGENET_MEAN, IMAGENET_STD, build_model
 from mvos.training.config import TrainConfig, apply_overrides, load_config
 from mvos.training.synth import generate
-from mvos.training.trainer import memory_slots, rollout, set_train_mode, train, train_command
+from mvos.runtime.memory import FixedQueueMemory
+from mvos.runtime.settings import DEFAULT
+from mvos.training.cli import train_command
+from mvos.training.trainer import memory_frames, rollout, set_train_mode, train
 
 
 @pytest.fixture(scope="module")
@@ -118,13 +121,14 @@ def test_cli_reports_config_errors_in_one_line(tmp_path):
 # ----------------------------------------------------------------------------------------------- the step
 
 
-def test_memory_slots_mirror_the_fixed_queue():
-    assert memory_slots(1, 2) == [0, 0]  # before any write the queue repeats the reference
-    assert memory_slots(4, 2) == [0, 3]
-    assert memory_slots(2, 3) == [0, 0, 1]
-    assert memory_slots(5, 3) == [0, 3, 4]
-    assert memory_slots(5, 1) == [0]
-    assert memory_slots(4, None) == [0, 1, 2, 3]  # the teacher: every previous frame
+@pytest.mark.parametrize("queue_len", [1, 2, 3, 4])
+def test_training_memory_is_the_engines_memory(queue_len):
+    """Slot by slot, the rollout reads the frames the inference engine's memory holds."""
+    memory = FixedQueueMemory(queue_len)
+    for frame in range(8):
+        memory.write(torch.zeros(1, 1, 1), torch.zeros(1, 1, 1), frame)
+        assert memory_frames(frame + 1, queue_len) == memory.frame_of_slot
+    assert memory_frames(4, None) == [0, 1, 2, 3]  # the teacher: every previous frame
 
 
 @pytest.mark.parametrize("queue_len", [2, 3])
@@ -136,7 +140,7 @@ def test_training_rollout_matches_the_inference_engine(queue_len):
     frames = rng.integers(0, 255, (5, 64, 80, 3), dtype=np.uint8)
     mask = np.zeros((64, 80), np.uint8)
     mask[8:30, 10:40], mask[35:60, 40:75] = 1, 2
-    engine = Segmenter(model, queue_len=queue_len, size=None)
+    engine = Segmenter(TorchBackend(model), DEFAULT.replace(queue_len=queue_len, size=None))
     expected = [engine.step(frames[0], mask)] + [engine.step(f) for f in frames[1:]]
 
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
@@ -221,6 +225,7 @@ def test_resumed_run_equals_an_uninterrupted_one(synth_root, tmp_path):
         [r["val_JF"] for r in read_log(tmp_path / "a") if r["iteration"] == "6"]
 
 
+@pytest.mark.slow  # ~15 s: two training processes
 def test_sigkill_then_resume_loses_at_most_one_interval(synth_root, tmp_path):
     run_dir = tmp_path / "run"
     config = tiny_config(synth_root, run_dir, iterations=10_000, checkpoint_every=3, log_every=1,

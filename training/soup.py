@@ -9,11 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import click
 import torch
 
 from mvos.runtime.backbones import check_state_dict
-from mvos.runtime.checkpoint import read_checkpoint, save_checkpoint
+from mvos.runtime.checkpoint import read_checkpoint
 from mvos.runtime.errors import MvosError
 from mvos.runtime.model import MobileVOS, MobileVOSConfig
 
@@ -78,48 +77,3 @@ def greedy_soup(ingredients: list[dict], score: Scorer, names: list[str] | None 
     record = {"scores": {names[i]: scores[i] for i in range(len(names))}, "order": [names[i] for i in order],
               "kept": [names[i] for i in kept], "soup_score": best}
     return soup, record
-
-
-@click.command("soup")
-@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Checkpoint to write.")
-@click.option("--greedy", is_flag=True, help="Greedy soup by validation J&F (needs --val-root).")
-@click.option("--val-root", type=click.Path(path_type=Path), default=None, help="Validation dataset root.")
-@click.option("--dataset", default="davis2017", show_default=True, help="davis2017 | davis2016.")
-@click.option("--split", default="val", show_default=True)
-@click.option("--sequences", multiple=True, help="Only these sequences (comma-separated or repeated).")
-@click.option("--size", type=click.IntRange(min=16), default=480, show_default=True, help="Short side.")
-@click.option("--queue-len", type=click.IntRange(1, 20), default=2, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for validation.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out checkpoint.")
-def soup_command(checkpoints: tuple[Path, ...], out: Path, greedy: bool, val_root: Path | None, dataset: str,
-                 split: str, sequences: tuple[str, ...], size: int, queue_len: int, threads: int | None,
-                 overwrite: bool) -> None:
-    """Average checkpoints of one architecture into a uniform (default) or greedy soup."""
-    from mvos.runtime.io import check_output
-    from mvos.training.trainer import score_model
-
-    check_output(out, inputs=(*checkpoints, val_root), overwrite=overwrite)
-    if threads is not None:
-        torch.set_num_threads(threads)
-    if greedy and val_root is None:
-        raise MvosError("--greedy ranks ingredients by validation J&F: pass --val-root")
-    paths = list(checkpoints)
-    ingredients = read_ingredients(paths)
-    names = [str(p) for p in paths]
-    wanted = [s for item in sequences for s in item.split(",") if s] or None
-
-    def score(model: MobileVOS) -> float:
-        return score_model(model, dataset, val_root, split, wanted, size, queue_len)["val_JF"]
-
-    if greedy:
-        soup, record = greedy_soup(ingredients, score, names, echo=click.echo)
-        record["method"] = "greedy"
-    else:
-        soup = uniform_soup(ingredients)
-        record = {"method": "uniform", "kept": names}
-        if val_root is not None:
-            record["soup_score"] = score(soup)
-    save_checkpoint(out, soup, soup=record)
-    summary = f" (J&F {record['soup_score']:.4f})" if "soup_score" in record else ""
-    click.echo(f"wrote {out}: {record['method']} soup of {len(record['kept'])} of {len(paths)} checkpoints{summary}")

@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvos.runtime.backbones import check_state_dict, read_state_dict, resnet18, resnet50
-from mvos.runtime.model import KeyFeatures, config_from_dict, memory_readout
+from mvos.runtime.model import KeyFeatures, QueryFeatures, config_from_dict, memory_readout
 from mvos.runtime.modules import Decoder, FeatureFusionBlock, KeyProjection
+from mvos.runtime.settings import InferenceSettings
 
 # Every top-level key prefix of the official checkpoint (tests check each one is present).
 STCN_KEY_PREFIXES = (
@@ -36,8 +37,8 @@ STCN_KEY_PREFIXES = (
     "value_encoder.fuser.block2.",
     "decoder.compress.", "decoder.up_16_8.", "decoder.up_8_4.", "decoder.pred.",
 )
-STCN_TOP_K = 20  # STCN's inference memory read
-STCN_MEM_EVERY = 5  # STCN adds a frame to its memory every 5 frames
+# How STCN segments at test time: a growing memory (a frame every 5) read with top-k 20.
+STCN_SETTINGS = InferenceSettings(memory="unbounded", mem_every=5, top_k=20)
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,6 @@ class STCNConfig:
     key_dim: int = 64
     value_dim: int = 512
     decoder_dims: tuple[int, int, int] = (512, 256, 256)
-    top_k: int | None = STCN_TOP_K
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,11 +111,11 @@ class STCN(nn.Module):
         f16, f8, f4 = self.key_encoder(frame)  # frame: B,3,H,W ImageNet-normalised
         return KeyFeatures(self.key_proj(f16), self.key_comp(f16), f16, f8, f4)
 
-    def encode_value(self, f16: torch.Tensor, masks: torch.Tensor, others: torch.Tensor,
-                     frame: torch.Tensor | None = None) -> torch.Tensor:
-        """f16 B,1024,h,w ; masks, others B*N,1,H,W ; frame B,3,H,W -> B*N,512,h,w (objects consecutive)."""
-        if frame is None:
-            raise ValueError("STCN's value encoder needs the RGB frame")
+    def encode_value(self, frame: torch.Tensor, features: KeyFeatures, masks: torch.Tensor,
+                     others: torch.Tensor) -> torch.Tensor:
+        """frame B,3,H,W ; masks, others B*N,1,H,W -> B*N,512,h,w (objects consecutive). STCN's value encoder
+        reads the RGB frame with the masks, fused with the key encoder's f16."""
+        f16 = features.f16
         objects = masks.shape[0] // frame.shape[0]
         if objects > 1:  # objects of a frame share its image and key features
             frame, f16 = frame.repeat_interleave(objects, dim=0), f16.repeat_interleave(objects, dim=0)
@@ -130,23 +130,15 @@ class STCN(nn.Module):
         logits, z = self.decoder(torch.cat([readout, query_value], dim=1), f8, f4)  # BN,1,H/4,W/4
         return F.interpolate(logits, scale_factor=4.0, mode="bilinear", align_corners=False), z
 
-    def segment(self, features: KeyFeatures, memory_keys: torch.Tensor, memory_values: torch.Tensor,
-                num_objects: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def segment(self, query: QueryFeatures, memory_keys: torch.Tensor, memory_values: torch.Tensor,
+                num_objects: int, top_k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """memory_keys B,64,M ; memory_values B,N*512,M -> logits B*N,1,H,W and z B*N,256,H/4,W/4."""
-        b, _, h, w = features.key.shape
-        readout = memory_readout(features.key, memory_keys, memory_values, self.config.top_k)  # B,N*512,h,w
-        return self.decode(features.value, features.f8, features.f4, readout.reshape(b * num_objects, -1, h, w))
+        b, _, h, w = query.key.shape
+        readout = memory_readout(query.key, memory_keys, memory_values, top_k)  # B,N*512,h,w
+        return self.decode(query.value, query.f8, query.f4, readout.reshape(b * num_objects, -1, h, w))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def encode_value(model: nn.Module, frame: torch.Tensor, features: KeyFeatures, masks: torch.Tensor,
-                 others: torch.Tensor) -> torch.Tensor:
-    """Memory value of a frame for either network: frame B,3,H,W ; masks, others B*N,1,H,W -> B*N,Cv,h,w."""
-    if isinstance(model, STCN):
-        return model.encode_value(features.f16, masks, others, frame=frame)
-    return model.encode_value(features.f16, masks, others)
 
 
 def decoder_channels(model: nn.Module) -> int:
@@ -168,8 +160,8 @@ def load_stcn_state(model: STCN, state: dict[str, torch.Tensor], what: str = "ST
     return model
 
 
-def build_stcn(weights: str | Path | None = None, top_k: int | None = STCN_TOP_K) -> STCN:
-    model = STCN(STCNConfig(top_k=top_k))
+def build_stcn(weights: str | Path | None = None) -> STCN:
+    model = STCN(STCNConfig())
     if weights is not None:
         load_stcn_weights(model, weights)
     return model.eval()

@@ -12,11 +12,9 @@ depend on how many are generated, and the whole dataset is reproducible from the
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import cv2
 import numpy as np
 from tqdm import tqdm
@@ -201,7 +199,7 @@ def generate(out: Path, sequences: int, frames: int, size: tuple[int, int] = (24
     return {"train": train, "val": val}
 
 
-def _parse_size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -209,7 +207,7 @@ def _parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def _parse_range(text: str) -> tuple[int, int]:
+def parse_range(text: str) -> tuple[int, int]:
     try:
         parts = [int(v) for v in text.split("..")]
     except ValueError:
@@ -219,22 +217,3 @@ def _parse_range(text: str) -> tuple[int, int]:
     if len(parts) == 2:
         return parts[0], parts[1]
     raise MvosError(f"--objects must be a count or a range like 1..3, got {text!r}")
-
-
-@click.command("synth")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Dataset root to write.")
-@click.option("--sequences", type=int, default=10, show_default=True, help="Number of videos.")
-@click.option("--frames", type=int, default=30, show_default=True, help="Frames per video.")
-@click.option("--size", default="240x432", show_default=True, help="Frame size HxW.")
-@click.option("--objects", default="1..3", show_default=True, help="Objects per video: N or LO..HI.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Share of videos listed in val.txt.")
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it already holds files.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def synth_command(out: Path, sequences: int, frames: int, size: str, objects: str, seed: int,
-                  val_fraction: float, overwrite: bool, quiet: bool) -> None:
-    """Generate a synthetic DAVIS-2017-layout dataset of moving, occluding textured shapes."""
-    split = generate(out, sequences, frames, _parse_size(size), _parse_range(objects), seed, val_fraction,
-                     overwrite=overwrite, progress=not quiet)
-    click.echo(f"wrote {sequences} sequences x {frames} frames to {out} "
-               f"({len(split['train'])} train, {len(split['val'])} val)")

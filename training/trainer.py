@@ -15,10 +15,10 @@ import csv
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,12 +27,14 @@ from tqdm import tqdm
 
 from mvos.runtime.checkpoint import read_checkpoint, save_checkpoint
 from mvos.runtime.errors import MvosError
-from mvos.runtime.inference import Segmenter
+from mvos.runtime.inference import Segmenter, Timing, TorchBackend
 from mvos.runtime.io import atomic_path
+from mvos.runtime.memory import others_mask, slot_frames
+from mvos.runtime.settings import DEFAULT, InferenceSettings
 from mvos.runtime.model import KeyFeatures, MobileVOS, aggregated_logits, build_model, load_pretrained_effnet_lite0
-from mvos.training.config import TrainConfig, apply_overrides, read_config_file
+from mvos.training.config import TrainConfig
 from mvos.training.losses import DistillationLoss
-from mvos.training.stcn import decoder_channels, encode_value
+from mvos.training.stcn import decoder_channels
 from mvos.training.teacher import build_teacher
 
 LOG_COLUMNS = ["iteration", "loss", "xe", "logit", "repr", "top_p", "lr", "it_per_s", "val_J", "val_F", "val_JF"]
@@ -43,15 +45,12 @@ FINAL = "final.pth"
 # --------------------------------------------------------------------------------------------- the step
 
 
-def memory_slots(frame: int, queue_len: int | None) -> list[int]:
-    """Clip frames the memory holds when segmenting `frame` (0 is the reference). None: every previous frame.
-
-    Mirrors runtime.memory.FixedQueueMemory, including its rule that unwritten slots repeat the reference.
-    """
+def memory_frames(frame: int, queue_len: int | None) -> list[int]:
+    """Clip frames the memory holds, slot by slot, when segmenting clip frame `frame` (frame 0 is the
+    reference; each frame is memorised after it is segmented). None: every previous frame (the teacher)."""
     if queue_len is None:
         return list(range(frame))
-    recent = list(range(max(1, frame - (queue_len - 1)), frame))
-    return [0] * (queue_len - len(recent)) + recent
+    return slot_frames(frame - 1, queue_len)  # the reference, then clip frame k is the k-th write
 
 
 @dataclass
@@ -61,9 +60,10 @@ class Rollout:
 
 
 def rollout(model: nn.Module, frames: torch.Tensor, first_masks: torch.Tensor, num_objects: torch.Tensor,
-            queue_len: int | None) -> Rollout:
+            queue_len: int | None, top_k: int | None = None) -> Rollout:
     """Propagates the first-frame masks through a clip. frames B,T,3,H,W ; first_masks B,N,H,W ;
-    num_objects B (objects past it are padding: their probabilities are zeroed, as STCN's selector)."""
+    num_objects B (objects past it are padding: their probabilities are zeroed, as STCN's selector).
+    `model` is any network with the stage interface (the MobileVOS student, the STCN teacher)."""
     b, t, _, height, width = frames.shape
     n = first_masks.shape[1]
     features = model.encode_key(frames.flatten(0, 1))  # every frame at once: (B*T),...
@@ -74,10 +74,10 @@ def rollout(model: nn.Module, frames: torch.Tensor, first_masks: torch.Tensor, n
     for i in range(t):
         at = KeyFeatures(*(f[:, i] for f in features))
         if i > 0:
-            slots = memory_slots(i, queue_len)
+            slots = memory_frames(i, queue_len)
             memory_keys = torch.stack([keys[s] for s in slots], dim=2).flatten(2)  # B,Ck,M
             memory_values = torch.stack([values[s] for s in slots], dim=2).flatten(2)  # B,N*Cv,M
-            frame_logits, z = model.segment(at, memory_keys, memory_values, n)  # B*N,1,H,W ; B*N,C,h4,w4
+            frame_logits, z = model.segment(at.query, memory_keys, memory_values, n, top_k)  # B*N,1,H,W ; B*N,C,h4,w4
             # float32: under bf16 autocast 1 - 1e-7 rounds to 1 and the aggregated logit becomes infinite.
             object_probs = torch.sigmoid(frame_logits.float()).view(b, n, height, width) * selector
             aggregated = aggregated_logits(object_probs, dim=1)  # B,1+N,H,W
@@ -86,8 +86,8 @@ def rollout(model: nn.Module, frames: torch.Tensor, first_masks: torch.Tensor, n
             zs.append(z)
         if i < t - 1:  # the last frame is never read back
             masks = probs.reshape(b * n, 1, height, width)
-            others = (probs.sum(dim=1, keepdim=True) - probs).clamp(0, 1).reshape(b * n, 1, height, width)
-            value = encode_value(model, frames[:, i], at, masks, others)  # B*N,Cv,h,w
+            others = others_mask(probs, dim=1).reshape(b * n, 1, height, width)
+            value = model.encode_value(frames[:, i], at, masks, others)  # B*N,Cv,h,w
             keys.append(at.key)
             values.append(value.reshape(b, -1, *value.shape[2:]))  # B,N*Cv,h,w
     return Rollout(torch.cat(logits), torch.cat(zs))
@@ -104,7 +104,8 @@ def set_train_mode(model: nn.Module, freeze_bn: str) -> None:
 
 
 def training_step(student: MobileVOS, teacher: nn.Module | None, criterion: DistillationLoss, batch: dict,
-                  iteration: int, queue_len: int, precision: str = "fp32") -> dict[str, torch.Tensor]:
+                  iteration: int, queue_len: int, precision: str = "fp32",
+                  teacher_top_k: int | None = None) -> dict[str, torch.Tensor]:
     """Forward both networks on one batch and return the loss dict (loss has the graph). `precision` bf16 or
     fp16 runs the networks under autocast; the losses are computed in float32."""
     frames, masks, labels = batch["frames"], batch["masks"], batch["labels"]  # B,T,3,H,W ; B,T,N,H,W ; B,T,H,W
@@ -115,7 +116,7 @@ def training_step(student: MobileVOS, teacher: nn.Module | None, criterion: Dist
         reference = None
         if teacher is not None:
             with torch.no_grad():
-                reference = rollout(teacher, frames, masks[:, 0], num_objects, None)
+                reference = rollout(teacher, frames, masks[:, 0], num_objects, None, teacher_top_k)
     target = labels[:, 1:].transpose(0, 1).flatten(0, 1)  # (T-1)*B,H,W frame-major like the rollout
     objects = num_objects.repeat(t - 1)
     kwargs = {}
@@ -278,16 +279,16 @@ def build_criterion(config: TrainConfig, student: nn.Module, teacher: nn.Module 
 
 
 def score_model(model: MobileVOS, dataset: str, root: str | Path, split: str, sequences: list[str] | None,
-                size: int | None, queue_len: int = 2) -> dict[str, float]:
-    """J, F and J&F means of `model` with the fixed-queue engine (as at test time) on whole sequences."""
+                settings: InferenceSettings = DEFAULT) -> dict[str, float]:
+    """J, F and J&F means of `model` segmenting whole sequences with the engine users run."""
     from mvos.training.datasets import load_dataset
-    from mvos.training.evaluate import RunStats, score_results, segment_sequence
+    from mvos.training.evaluate import score_results, segment_sequence
 
     seqs = load_dataset(dataset, Path(root), split, sequences)
-    segmenter = Segmenter(model, queue_len=queue_len, memory="fixed", size=size)
+    segmenter = Segmenter(TorchBackend(model, settings.top_k), settings)
     with tempfile.TemporaryDirectory(prefix="mvos-val-") as tmp:
         for seq in seqs:
-            segment_sequence(segmenter, dataset, seq, Path(tmp) / seq.name, RunStats())
+            segment_sequence(segmenter, dataset, seq, Path(tmp) / seq.name, Timing())
         scores = score_results(dataset, seqs, Path(tmp)).global_results()
     return {"val_J": scores["J-Mean"], "val_F": scores["F-Mean"], "val_JF": scores["J&F-Mean"]}
 
@@ -374,6 +375,7 @@ class Trainer:
     config: TrainConfig
     progress: bool = True
     run_dir: Path | None = None  # where files go; default config.run_dir (--overwrite stages a new one)
+    say: Callable[[str], None] = lambda message: None
 
     def __post_init__(self):
         config = self.config
@@ -389,11 +391,11 @@ class Trainer:
             self.student = self.student.to(memory_format=torch.channels_last)
         self.teacher = None
         if config.distills:
-            self.teacher = build_teacher(config.teacher.model, config.teacher.weights, top_k=config.teacher.top_k)
+            self.teacher = build_teacher(config.teacher.model, config.teacher.weights)
             if config.channels_last:
                 self.teacher = self.teacher.to(memory_format=torch.channels_last)
         elif config.teacher.model:
-            click.echo("note: the teacher is not run: loss.logit_weight and loss.repr_weight are 0", err=True)
+            self.say("note: the teacher is not run: loss.logit_weight and loss.repr_weight are 0")
         self.criterion = build_criterion(config, self.student, self.teacher)
         params = [p for p in self.student.parameters() if p.requires_grad] + list(self.criterion.parameters())
         self.optimizer = torch.optim.Adam(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
@@ -476,7 +478,7 @@ class Trainer:
     def _step(self) -> dict[str, torch.Tensor]:
         batch = self.batches.get(self.iteration)
         losses = training_step(self.student, self.teacher, self.criterion, batch, self.iteration,
-                               self.config.student.queue_len, self.config.precision)
+                               self.config.student.queue_len, self.config.precision, self.config.teacher.top_k)
         if not torch.isfinite(losses["loss"]):
             raise MvosError(f"the loss is {float(losses['loss'])} at iteration {self.iteration + 1}; "
                             f"lower optim.lr or set optim.grad_clip")
@@ -495,8 +497,8 @@ class Trainer:
         val = self.config.val
         # The engine's own RNG use (none today) must not shift the training batches: keep the state.
         rng = _rng_state()
-        scores = score_model(self.student, val.dataset, val.root, val.split, val.sequences, val.size,
-                             self.config.student.queue_len)
+        scores = score_model(self.student, val.dataset, val.root, val.split, val.sequences,
+                             DEFAULT.replace(size=val.size, queue_len=self.config.student.queue_len))
         _set_rng_state(rng)
         set_train_mode(self.student, self.config.optim.freeze_bn)
         self.log.update(self.iteration, **scores)
@@ -530,9 +532,11 @@ def config_inputs(config: TrainConfig) -> list[str]:
     return [p for p in paths if p]
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> Path:
+def train(config: TrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False,
+          say: Callable[[str], None] = lambda message: None) -> Path:
     """Runs (or resumes) a training run; returns the path of final.pth. A run_dir that already holds files
-    needs `resume` (continue it) or `overwrite` (train anew, replacing it when the new run completes)."""
+    needs `resume` (continue it) or `overwrite` (train anew, replacing it when the new run completes).
+    `say` receives the notes a user should see (resuming from where, an unused teacher)."""
     from mvos.runtime.io import check_output, staged_directory
 
     run_dir = Path(config.run_dir)
@@ -546,44 +550,13 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, over
     if overwrite and occupied:
         # The old run stays until the new one is complete; a killed new run is removed by the next run here.
         with staged_directory(run_dir) as staging:
-            Trainer(config, progress=progress, run_dir=staging).run()
+            Trainer(config, progress=progress, run_dir=staging, say=say).run()
         return run_dir / FINAL
     latest = run_dir / LATEST
-    trainer = Trainer(config, progress=progress)
+    trainer = Trainer(config, progress=progress, say=say)
     if resume and latest.exists():
         trainer.resume(latest)
-        click.echo(f"resuming {config.run_dir} from iteration {trainer.iteration}", err=True)
+        say(f"resuming {config.run_dir} from iteration {trainer.iteration}")
     elif resume:
-        click.echo(f"no checkpoint in {config.run_dir} yet: starting from iteration 0", err=True)
+        say(f"no checkpoint in {config.run_dir} yet: starting from iteration 0")
     return trainer.run()
-
-
-@click.command("train")
-@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
-              help="YAML or TOML training config (see configs/).")
-@click.argument("overrides", nargs=-1)
-@click.option("--teacher", default=None, help="'stcn' (with --teacher-weights) or a mobilevos checkpoint.")
-@click.option("--teacher-weights", type=click.Path(path_type=Path), default=None,
-              help="The published STCN state_dict (stcn.pth) for --teacher stcn.")
-@click.option("--run-dir", type=click.Path(path_type=Path), default=None, help="Overrides run_dir.")
-@click.option("--resume", is_flag=True, help="Continue the run in run_dir from its latest checkpoint.")
-@click.option("--overwrite", is_flag=True,
-              help="Train anew over a run_dir that holds files; the old run is replaced when the new one completes "
-                   "(a killed --overwrite run cannot be resumed).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def train_command(config_path: Path, overrides: tuple[str, ...], teacher: str | None, teacher_weights: Path | None,
-                  run_dir: Path | None, resume: bool, overwrite: bool, quiet: bool) -> None:
-    """Train a student: mvos train --config FILE [section.key=value ...].
-
-    Paths in the config are relative to the current folder.
-    """
-    data = apply_overrides(read_config_file(config_path), list(overrides))
-    if teacher is not None:
-        data.setdefault("teacher", {})["model"] = teacher
-    if teacher_weights is not None:
-        data.setdefault("teacher", {})["weights"] = str(teacher_weights)
-    if run_dir is not None:
-        data["run_dir"] = str(run_dir)
-    config = TrainConfig.from_dict(data)
-    final = train(config, resume=resume, progress=not quiet, overwrite=overwrite)
-    click.echo(f"wrote {final} (log: {Path(config.run_dir) / 'log.csv'}, curve: {Path(config.run_dir) / 'loss.png'})")

@@ -46,9 +46,9 @@ def _calibrated_model(variant: str, size: tuple[int, int], seed: int) -> MobileV
         masks = nn.functional.interpolate(masks, size=size, mode="nearest")
         for _ in range(2):
             features = model.encode_key(frames)
-            values = model.encode_value(features.f16, masks, 1 - masks)  # 4,Cv,h,w
+            values = model.encode_value(frames, features, masks, 1 - masks)  # 4,Cv,h,w
             keys = features.key.flatten(2)  # 4,Ck,h*w: each frame reads its own memory
-            model.segment(features, keys, values.flatten(2), 1)
+            model.segment(features.query, keys, values.flatten(2), 1)
     return model.eval()
 
 
@@ -60,7 +60,7 @@ def tiny_export(root: Path) -> Path:
     key = (TINY_VARIANT, TINY_SIZE, TINY_QUEUE_LENS, TINY_PRECISIONS, TINY_MAX_OBJECTS)
     if key not in _exports or not (_exports[key] / "manifest.json").is_file():
         folder = Path(root) / "tiny_export"
-        ensure_exported(folder, calibrated_model(), TINY_SIZE, TINY_QUEUE_LENS, TINY_PRECISIONS, TINY_MAX_OBJECTS,
-                        progress=False)
+        ensure_exported(folder, calibrated_model(), "calibrated test model", TINY_SIZE, TINY_QUEUE_LENS,
+                        TINY_PRECISIONS, TINY_MAX_OBJECTS, progress=False)
         _exports[key] = folder
     return _exports[key]

@@ -1,0 +1,268 @@
+"""`manifest.json`, the contract of an export folder, as one typed schema: `mvos export` writes it, and the TFLite
+runtime, the device benchmark, the CLIs and the Android core read it (shapes, names and the memory protocol
+come from here, never hard-coded). `Manifest.from_json` is the one validation.
+
+format_version 2:
+    {"format": "mobilevos-tflite", "format_version": 2, "mvos_version", "variant", "config", "parameters",
+     "weights": {"source", "sha256"}, "input_size": [H, W], "feature_size": [h, w], "stride", "key_dim",
+     "value_dim", "max_objects", "top_k", "normalisation": {"mean", "std", "layout"},
+     "memory": runtime.memory.protocol_description(),
+     "precisions": [...], "queue_lengths": [...],            (derived: complete sets only)
+     "files": [GraphFile...], "end_to_end": [EndToEndCheck...], "failures": [ConversionFailure...]}
+    GraphFile = {"path", "sha256", "bytes", "precision", "subgraph", "queue_len", "signature",
+                 "inputs": [TensorSpec], "outputs": [TensorSpec], "ops": {...}, "parity": {...}}
+    TensorSpec = {"name", "shape", "dtype", "meaning", "signature_output" (outputs only)}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mvos.runtime.errors import MvosError
+from mvos.runtime.memory import check_queue_len
+from mvos.runtime.settings import PRECISIONS
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "mobilevos-tflite"
+MANIFEST_VERSION = 2
+SUBGRAPHS = ("key_encoder", "value_encoder", "decoder")  # the three graphs a phone runs, in frame order
+ENCODERS = SUBGRAPHS[:2]
+
+
+def graph_key(subgraph: str, queue_len: int | None = None) -> str:
+    """key_encoder, value_encoder, decoder_T<t>: the name of one graph of an export."""
+    return subgraph if subgraph != "decoder" else f"decoder_T{queue_len}"
+
+
+def graph_path(precision: str, subgraph: str, queue_len: int | None = None) -> str:
+    """Where a graph lives inside an export folder: <precision>/<graph_key>.tflite."""
+    return f"{precision}/{graph_key(subgraph, queue_len)}.tflite"
+
+
+@dataclass
+class TensorSpec:
+    name: str  # the graph's signature name for inputs; the meaning's name for outputs
+    shape: list[int]
+    dtype: str
+    meaning: str
+    signature_output: str | None = None  # outputs: what the converted graph calls it (output_0..N)
+
+
+@dataclass
+class GraphFile:
+    path: str
+    sha256: str
+    bytes: int
+    precision: str
+    subgraph: str
+    queue_len: int | None  # decoders only
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    ops: dict = field(default_factory=dict)  # {"counts", "gpu_fallback", "flex"}
+    parity: dict = field(default_factory=dict)  # {"max_abs_diff": {name: x}, "max_rel_diff": {name: x}}
+    signature: str = "serving_default"
+
+    @property
+    def key(self) -> str:
+        return graph_key(self.subgraph, self.queue_len)
+
+    def output_names(self) -> dict[str, str]:
+        """signature output -> meaning name."""
+        return {spec.signature_output: spec.name for spec in self.outputs}
+
+    def shapes(self) -> dict[str, list[int]]:
+        return {spec.name: spec.shape for spec in self.inputs + self.outputs}
+
+
+@dataclass
+class EndToEndCheck:
+    """TFLite runtime against PyTorch on a generated video, through the same engine."""
+
+    precision: str
+    queue_len: int
+    mean_iou: float
+    max_prob_diff: float
+    tie_fraction: float
+    frames: int
+    objects: int
+
+
+@dataclass
+class ConversionFailure:
+    precision: str
+    subgraph: str
+    queue_len: int | None
+    error: str
+
+
+@dataclass
+class Manifest:
+    variant: str
+    config: dict
+    parameters: int
+    weights_source: str
+    weights_sha256: str
+    input_size: list[int]  # H, W the graphs take
+    feature_size: list[int]  # h, w = input_size / stride
+    stride: int
+    key_dim: int
+    value_dim: int
+    max_objects: int  # objects per decoder call
+    top_k: int | None  # the decoder's memory read (baked into the graph)
+    normalisation: dict
+    memory: dict
+    files: list[GraphFile] = field(default_factory=list)
+    end_to_end: list[EndToEndCheck] = field(default_factory=list)
+    failures: list[ConversionFailure] = field(default_factory=list)
+    mvos_version: str = ""
+
+    # ---- queries ---------------------------------------------------------------------------------------
+
+    def entry(self, precision: str, subgraph: str, queue_len: int | None = None) -> GraphFile | None:
+        key = graph_key(subgraph, queue_len)
+        return next((f for f in self.files if f.precision == precision and f.key == key), None)
+
+    def queue_lens(self, precision: str) -> list[int]:
+        return sorted(f.queue_len for f in self.files if f.precision == precision and f.subgraph == "decoder")
+
+    def precisions(self) -> list[str]:
+        """Precisions with a complete set (both encoders and at least one decoder), most accurate first."""
+        return [p for p in PRECISIONS if all(self.entry(p, s) for s in ENCODERS) and self.queue_lens(p)]
+
+    def queue_lengths(self) -> list[int]:
+        return sorted({t for p in self.precisions() for t in self.queue_lens(p)})
+
+    def identity(self) -> dict:
+        """What makes two exports the same model: a folder is only ever extended with pieces of these."""
+        return {"variant": self.variant, "config": self.config, "weights": self.weights_sha256,
+                "input size": self.input_size, "max objects": self.max_objects, "top_k": self.top_k}
+
+    # ---- updates ---------------------------------------------------------------------------------------
+
+    def put(self, entry: GraphFile) -> None:
+        """Adds or replaces one graph; a failure recorded for it earlier is dropped."""
+        same = (entry.precision, entry.key)
+        self.files = [f for f in self.files if (f.precision, f.key) != same] + [entry]
+        self.files.sort(key=lambda f: (PRECISIONS.index(f.precision), SUBGRAPHS.index(f.subgraph), f.queue_len or 0))
+        self.failures = [f for f in self.failures if (f.precision, graph_key(f.subgraph, f.queue_len)) != same]
+
+    def record_failure(self, failure: ConversionFailure) -> None:
+        same = (failure.precision, graph_key(failure.subgraph, failure.queue_len))
+        self.failures = [f for f in self.failures if (f.precision, graph_key(f.subgraph, f.queue_len)) != same]
+        self.failures.append(failure)
+
+    def record_check(self, check: EndToEndCheck) -> None:
+        self.end_to_end = [c for c in self.end_to_end if (c.precision, c.queue_len) != (check.precision,
+                                                                                          check.queue_len)]
+        self.end_to_end.append(check)
+        self.end_to_end.sort(key=lambda c: (PRECISIONS.index(c.precision), c.queue_len))
+
+    # ---- JSON ------------------------------------------------------------------------------------------
+
+    def to_json(self) -> dict:
+        data = dataclasses.asdict(self)
+        weights = {"source": data.pop("weights_source"), "sha256": data.pop("weights_sha256")}
+        return {"format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "mvos_version": data.pop("mvos_version"),
+                "variant": data.pop("variant"), "config": data.pop("config"), "parameters": data.pop("parameters"),
+                "weights": weights, **{k: data[k] for k in ("input_size", "feature_size", "stride", "key_dim",
+                                                            "value_dim", "max_objects", "top_k", "normalisation",
+                                                            "memory")},
+                "precisions": self.precisions(), "queue_lengths": self.queue_lengths(),
+                "files": data["files"], "end_to_end": data["end_to_end"], "failures": data["failures"]}
+
+    @classmethod
+    def from_json(cls, data, where: str = MANIFEST_NAME) -> "Manifest":
+        """The one validation of a manifest: MvosError naming the first problem."""
+        if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+            raise MvosError(f"{where} is not a mobilevos TFLite manifest")
+        if data.get("format_version") != MANIFEST_VERSION:
+            raise MvosError(f"{where} has manifest format version {data.get('format_version')}; this mobilevos "
+                            f"reads version {MANIFEST_VERSION} (re-export with `mvos export`)")
+        try:
+            weights = _require(data, "weights", dict, where)
+            manifest = cls(
+                variant=_require(data, "variant", str, where), config=_require(data, "config", dict, where),
+                parameters=_require(data, "parameters", int, where),
+                weights_source=_require(weights, "source", str, where),
+                weights_sha256=_require(weights, "sha256", str, where),
+                input_size=_ints(data, "input_size", 2, where), feature_size=_ints(data, "feature_size", 2, where),
+                stride=_require(data, "stride", int, where), key_dim=_require(data, "key_dim", int, where),
+                value_dim=_require(data, "value_dim", int, where),
+                max_objects=_require(data, "max_objects", int, where),
+                top_k=_require(data, "top_k", (int, type(None)), where),
+                normalisation=_require(data, "normalisation", dict, where),
+                memory=_require(data, "memory", dict, where),
+                files=[_graph_file(f, where) for f in _require(data, "files", list, where)],
+                end_to_end=[EndToEndCheck(**c) for c in _require(data, "end_to_end", list, where)],
+                failures=[ConversionFailure(**f) for f in _require(data, "failures", list, where)],
+                mvos_version=str(data.get("mvos_version", "")))
+        except TypeError as exc:  # a record with missing or unknown fields
+            raise MvosError(f"{where}: {exc}") from None
+        for name in ("mean", "std"):
+            values = manifest.normalisation.get(name)
+            if not (isinstance(values, list) and len(values) == 3 and all(isinstance(v, (int, float)) for v in values)):
+                raise MvosError(f"{where}: normalisation.{name} must be three numbers")
+        if manifest.max_objects < 1:
+            raise MvosError(f"{where}: max_objects must be at least 1")
+        return manifest
+
+    # ---- files -----------------------------------------------------------------------------------------
+
+    @classmethod
+    def read(cls, folder: str | Path) -> "Manifest":
+        folder = Path(folder)
+        path = folder / MANIFEST_NAME
+        if not path.is_file():
+            raise MvosError(f"{folder} has no {MANIFEST_NAME}: not a folder written by `mvos export`")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise MvosError(f"cannot read {path}: {exc}") from None
+        return cls.from_json(data, str(path))
+
+    def write(self, folder: str | Path) -> None:
+        from mvos.runtime.io import atomic_path
+
+        with atomic_path(Path(folder) / MANIFEST_NAME) as tmp:
+            tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+
+def _require(data: dict, key: str, kind, where: str):
+    if key not in data:
+        raise MvosError(f"{where}: missing field {key!r}")
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise MvosError(f"{where}: field {key!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _ints(data: dict, key: str, length: int, where: str) -> list[int]:
+    value = _require(data, key, list, where)
+    if len(value) != length or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        raise MvosError(f"{where}: {key} must be {length} positive integers, got {value}")
+    return value
+
+
+def _graph_file(data, where: str) -> GraphFile:
+    if not isinstance(data, dict):
+        raise MvosError(f"{where}: every entry of files must be an object")
+    entry = GraphFile(**{**data, "inputs": [TensorSpec(**t) for t in data.get("inputs", [])],
+                         "outputs": [TensorSpec(**t) for t in data.get("outputs", [])]})
+    what = f"{where}: file {entry.path!r}"
+    if entry.subgraph not in SUBGRAPHS:
+        raise MvosError(f"{what} has unknown subgraph {entry.subgraph!r} ({', '.join(SUBGRAPHS)})")
+    if entry.precision not in PRECISIONS:
+        raise MvosError(f"{what} has unknown precision {entry.precision!r} ({', '.join(PRECISIONS)})")
+    if entry.subgraph == "decoder":
+        check_queue_len(entry.queue_len, f"{what}: queue_len")
+    elif entry.queue_len is not None:
+        raise MvosError(f"{what}: only decoders have a queue length")
+    if entry.path != graph_path(entry.precision, entry.subgraph, entry.queue_len):
+        raise MvosError(f"{what} should be at {graph_path(entry.precision, entry.subgraph, entry.queue_len)}")
+    for spec in entry.inputs + entry.outputs:
+        if not spec.shape or not all(isinstance(d, int) and d > 0 for d in spec.shape):
+            raise MvosError(f"{what}: tensor {spec.name!r} has shape {spec.shape}")
+    return entry

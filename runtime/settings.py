@@ -1,0 +1,61 @@
+"""How a video is segmented: the one place the inference settings and their defaults are written. The segment
+and eval commands, training validation, the teacher, soups, exports and the benchmarks all take an
+`InferenceSettings`; the CLI's options are generated from its fields."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from mvos.runtime.errors import MvosError
+from mvos.runtime.memory import MEMORY_MODES, check_queue_len
+
+BACKENDS = ("torch", "tflite")
+PRECISIONS = ("fp32", "fp16", "int8")  # exported TFLite precisions, most accurate first
+MIN_SIZE = 16  # one stride
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    queue_len: int = 2  # memory frames: the first frame + the T-1 most recent (paper: T=2)
+    memory: str = "fixed"  # fixed (constant cost) | unbounded (STCN's growing memory, for comparison)
+    mem_every: int = 5  # unbounded memory keeps every k-th frame (STCN)
+    size: int | None = 480  # short side frames are resized to (PyTorch backend); None keeps their size
+    top_k: int | None = None  # the memory read keeps the k best matches per query pixel; None reads all
+    backend: str = "torch"  # torch | tflite (an `mvos export` folder)
+    precision: str = "fp32"  # which exported files the tflite backend runs
+    threads: int | None = None  # CPU threads; None leaves the library default
+
+    def __post_init__(self):
+        check_queue_len(self.queue_len)
+        checks = [
+            (self.memory in MEMORY_MODES, f"memory must be one of {', '.join(MEMORY_MODES)}, got {self.memory!r}"),
+            (self.mem_every >= 1, f"mem_every must be at least 1, got {self.mem_every}"),
+            (self.size is None or self.size >= MIN_SIZE, f"size must be at least {MIN_SIZE}, got {self.size}"),
+            (self.top_k is None or self.top_k >= 1, f"top_k must be at least 1, got {self.top_k}"),
+            (self.backend in BACKENDS, f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
+            (self.threads is None or self.threads >= 1, f"threads must be at least 1, got {self.threads}"),
+            (self.backend == "torch" or self.memory == "fixed", "the TFLite backend runs the fixed-queue memory only"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise MvosError(message)
+
+    def replace(self, **changes) -> "InferenceSettings":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_options(cls, options: dict) -> "InferenceSettings":
+        """The settings among a command's keyword arguments (other keys ignored; None keeps the default)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in options.items() if k in names and v is not None})
+
+
+DEFAULT = InferenceSettings()
+# Exports take one fixed size: the default short side at 16:9, padded to the stride (480x864).
+DEFAULT_EXPORT_SIZE = f"{DEFAULT.size}x{math.ceil(DEFAULT.size * 16 / 9 / MIN_SIZE) * MIN_SIZE}"
