@@ -20,6 +20,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from adbd_sim import AdbdSimulator  # noqa: E402
 
 
+def pytest_collection_modifyitems(items):
+    """Tests on the shared TFLite export pay for its conversion (~75 s on 2 cores): they are slow."""
+    for item in items:
+        if "export_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 def _adb_executable() -> str | None:
     found = shutil.which("adb")
     if found:

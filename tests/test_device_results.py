@@ -145,6 +145,7 @@ def tiny_models(adbsim_tiny_tflite, tmp_path) -> dict[str, Path]:
 FAST = dict(threads=1, num_runs=5, warmup_runs=1)
 
 
+@pytest.mark.slow  # ~10 s: real litert-benchmark runs
 def test_host_sweep_with_litert_benchmark_resume_and_plot(tiny_models, tmp_path, monkeypatch):
     monkeypatch.delenv("MVOS_BENCHMARK_MODEL", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -166,6 +167,7 @@ def test_host_sweep_with_litert_benchmark_resume_and_plot(tiny_models, tmp_path,
     assert latency.stat().st_size > 20_000 and stacked.stat().st_size > 20_000
 
 
+@pytest.mark.slow  # ~15 s: real litert-benchmark runs
 def test_phone_sweep_survives_a_dropped_connection(adbsim_phones, adbsim_server, adbsim_benchmark_wrapper,
                                                    tiny_models, tmp_path):
     sim = adbsim_phones("s22")
