@@ -39,10 +39,12 @@ def load_first_mask(path: Path, frame_size: tuple[int, int], resize: bool) -> np
 
 @click.command("segment")
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option("--mask", "mask_path", required=True, type=click.Path(path_type=Path),
+@click.option("--mask", "mask_path", type=click.Path(path_type=Path), default=None,
               help="Mask of the objects: DAVIS palette PNG, 0/255 grayscale, or RGB colours.")
+@click.option("--box", "box_texts", multiple=True, metavar="X0,Y0,X1,Y1",
+              help="Instead of --mask: a box around an object (repeatable, one per object); GrabCut makes the mask.")
 @click.option("--mask-frame", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Index of the frame the mask belongs to.")
+              help="Index of the frame the mask (or the boxes) belongs to.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Folder for one palette PNG per frame (00000.png ...), timing.csv and summary.json.")
 @click.option("--overlay", "overlay_path", type=click.Path(path_type=Path), default=None,
@@ -50,17 +52,28 @@ def load_first_mask(path: Path, frame_size: tuple[int, int], resize: bool) -> np
 @click.option("--resize-mask", is_flag=True, help="Resize a mask of another size (nearest neighbour).")
 @overwrite_option
 @model_options
-def segment_command(input_path: Path, mask_path: Path, mask_frame: int, out_dir: Path, overlay_path: Path | None,
-                    resize_mask: bool, overwrite: bool, **options) -> None:
-    """Segment the objects of a first-frame mask through a video file or a folder of frames."""
-    inputs = (input_path, mask_path, options.get("weights"), options.get("model_dir"))
+def segment_command(input_path: Path, mask_path: Path | None, box_texts: tuple[str, ...], mask_frame: int,
+                    out_dir: Path, overlay_path: Path | None, resize_mask: bool, overwrite: bool, **options) -> None:
+    """Segment the objects of a first-frame mask (or boxes) through a video file or a folder of frames."""
+    from mvos.runtime.boxes import parse_box
+
+    if (mask_path is None) == (not box_texts):
+        raise MvosError("give the objects with --mask MASK.png or with --box X0,Y0,X1,Y1 (one per object), not both")
+    boxes = [parse_box(text) for text in box_texts]
+    weights = options.get("weights")
+    inputs = (input_path, mask_path, None if weights == "random" else weights, options.get("model_dir"))
     check_output(out_dir, inputs=inputs, overwrite=overwrite)
     if overlay_path is not None:
         check_output(overlay_path, inputs=(*inputs, out_dir), overwrite=overwrite, flag="--overlay")
     frames = open_frames(input_path)
     if mask_frame >= len(frames):
         raise MvosError(f"--mask-frame {mask_frame} is past the last frame ({len(frames)} frames)")
-    mask = load_first_mask(mask_path, frames.size, resize_mask)
+    if boxes:
+        from mvos.runtime.boxes import mask_from_boxes
+
+        mask = mask_from_boxes(frames.frame(mask_frame), boxes)
+    else:
+        mask = load_first_mask(mask_path, frames.size, resize_mask)
     segmenter = segmenter_from_options(options)
 
     timing = Timing()

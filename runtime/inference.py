@@ -274,7 +274,8 @@ class Timing:
 def track(segmenter: Segmenter, frames, masks: dict[int, tuple[np.ndarray, list[int] | None]]):
     """The one loop that segments a video: yields a TrackedFrame per input frame. `masks` maps a frame index to
     (mask of object ids, which ids to take or None for all of them) where objects are given; frames before the
-    first given object come back empty and untimed."""
+    first given object come back empty and untimed, and given objects come back exactly as given on their
+    frame."""
     segmenter.reset()
     for index, frame in enumerate(frames):
         mask, objects = masks.get(index, (None, None))
@@ -284,4 +285,7 @@ def track(segmenter: Segmenter, frames, masks: dict[int, tuple[np.ndarray, list[
         start = time.perf_counter()
         probs = segmenter.step(frame, mask, objects)
         labels = segmenter.index_map(probs)
+        if mask is not None:  # the objects given here come back exactly as given, not resized twice
+            given = mask if objects is None else np.where(np.isin(mask, objects), mask, 0)
+            labels = np.where(given > 0, given, labels).astype(np.uint8)
         yield TrackedFrame(index, frame, labels, probs, (time.perf_counter() - start) * 1000)

@@ -54,6 +54,15 @@ class FrameSource:
     def __len__(self) -> int:
         return self.num_frames
 
+    def frame(self, index: int) -> np.ndarray:
+        """One frame, by index (a video is read up to it)."""
+        if self.frame_paths is not None:
+            return read_image(self.frame_paths[index])
+        for position, frame in enumerate(self):
+            if position == index:
+                return frame
+        raise MvosError(f"{self.path} has no frame {index}")
+
     def __iter__(self) -> Iterator[np.ndarray]:
         if self.frame_paths is not None:
             for path in self.frame_paths:

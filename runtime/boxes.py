@@ -1,0 +1,76 @@
+"""First-frame masks from boxes, for users with no mask to hand: OpenCV's GrabCut inside each box (the same
+algorithm the Android demo runs on the box a user drags)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from mvos.runtime.errors import MvosError
+
+GRABCUT_ITERATIONS = 5
+MAX_SIDE = 960  # GrabCut runs on frames at most this large (its cost grows with the pixels), masks come back full size
+
+
+def parse_box(text: str) -> tuple[int, int, int, int]:
+    """'x0,y0,x1,y1' (pixels, x1/y1 exclusive) -> a tuple; one-line errors for anything else."""
+    try:
+        values = tuple(int(round(float(v))) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise MvosError(f"--box {text!r} must be x0,y0,x1,y1 (pixels of the first frame)")
+    return values
+
+
+def check_box(box: tuple[int, int, int, int], frame_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = box
+    height, width = frame_size
+    label = f"--box {x0},{y0},{x1},{y1}"
+    if x1 < x0 or y1 < y0:
+        raise MvosError(f"{label} is reversed: x0,y0 is the top-left corner and x1,y1 the bottom-right")
+    if x1 == x0 or y1 == y0:
+        raise MvosError(f"{label} is empty")
+    if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+        raise MvosError(f"{label} is outside the {width}x{height} frame")
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        raise MvosError(f"{label} is too small to segment (at least 4x4 pixels)")
+    return box
+
+
+def grabcut(frame: np.ndarray, box: tuple[int, int, int, int], iterations: int = GRABCUT_ITERATIONS) -> np.ndarray:
+    """bool H,W: GrabCut's (probable) foreground inside `box` of an RGB uint8 frame."""
+    height, width = frame.shape[:2]
+    scale = min(1.0, MAX_SIDE / max(height, width))
+    image = frame if scale == 1.0 else cv2.resize(frame, (round(width * scale), round(height * scale)),
+                                                  interpolation=cv2.INTER_AREA)
+    x0, y0, x1, y1 = (round(v * scale) for v in box)
+    rect = (x0, y0, max(1, x1 - x0), max(1, y1 - y0))
+    labels = np.zeros(image.shape[:2], np.uint8)
+    background, foreground = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)  # GrabCut's k-means start: the same mask every run
+    cv2.grabCut(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), labels, rect, background, foreground, iterations,
+                cv2.GC_INIT_WITH_RECT)
+    mask = np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
+    if scale != 1.0:
+        mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+    return mask.astype(bool)
+
+
+def mask_from_boxes(frame: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """uint8 H,W object ids: box i (in the order given) becomes object i+1. Where objects overlap, the one of
+    the smaller box wins (it is usually the one in front)."""
+    if not boxes:
+        raise MvosError("give at least one --box")
+    if len(boxes) > 255:
+        raise MvosError(f"at most 255 boxes, got {len(boxes)}")
+    boxes = [check_box(box, frame.shape[:2]) for box in boxes]
+    ids = np.zeros(frame.shape[:2], np.uint8)
+    area = lambda b: (b[2] - b[0]) * (b[3] - b[1])  # noqa: E731
+    for index in sorted(range(len(boxes)), key=lambda i: -area(boxes[i])):
+        found = grabcut(frame, boxes[index])
+        if not found.any():
+            x0, y0, x1, y1 = boxes[index]
+            raise MvosError(f"--box {x0},{y0},{x1},{y1}: GrabCut found no object inside it; draw the box around one")
+        ids[found] = index + 1
+    return ids
