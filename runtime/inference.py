@@ -51,9 +51,10 @@ class TorchBackend:
     def __init__(self, model, top_k: int | None = None):
         self.model = model.eval()
         self.top_k = top_k
+        self.device = next(model.parameters()).device  # frames go where the model is (a GPU during GPU training)
 
     def encode_key(self, frame: torch.Tensor) -> KeyFeatures:
-        return self.model.encode_key(frame)
+        return self.model.encode_key(frame.to(self.device))
 
     def encode_value(self, frame: torch.Tensor, features: KeyFeatures, masks: torch.Tensor,
                      others: torch.Tensor) -> torch.Tensor:
@@ -162,7 +163,7 @@ class Segmenter:
         probs = soft_aggregate(object_probs, dim=0)  # 1+N,1,H,W
         self._memorise(image, features, probs[1:])
         self.frame_index += 1
-        return geometry.restore(probs[:, 0]).numpy()
+        return geometry.restore(probs[:, 0]).cpu().numpy()
 
     def index_map(self, probs: np.ndarray) -> np.ndarray:
         """1+N,H,W probabilities -> H,W uint8 object ids."""
@@ -185,7 +186,7 @@ class Segmenter:
             logits = self.backend.decode(features.query, keys, values, len(group.object_ids))  # n,1,H,W
             per_group.append(torch.sigmoid(logits))
         if not per_group:
-            return torch.zeros(0, 1, *geometry.padded)
+            return torch.zeros(0, 1, *geometry.padded, device=features.key.device)
         return torch.cat(per_group, dim=0)
 
     def _apply_mask(self, object_probs: torch.Tensor, mask: np.ndarray, objects: list[int] | None,
@@ -207,7 +208,7 @@ class Segmenter:
         given = torch.from_numpy(np.stack([mask == i for i in ids]).astype(np.float32))[:, None]  # k,1,H0,W0
         if geometry.resized != geometry.original:
             given = F.interpolate(given, size=geometry.resized, mode="nearest")
-        given = geometry.pad(given)  # k,1,H,W
+        given = geometry.pad(given).to(object_probs.device)  # k,1,H,W
         covered = given.amax(dim=0, keepdim=True)
         object_probs = object_probs * (1 - covered)  # given objects own their pixels
         for row, object_id in enumerate(ids):

@@ -3,6 +3,7 @@ do lives in the core modules; here are the options, the output policy checks and
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -36,13 +37,16 @@ def _echo_err(message: str) -> None:
 @click.option("--teacher-weights", type=click.Path(path_type=Path), default=None,
               help="The published STCN state_dict (stcn.pth) for --teacher stcn.")
 @click.option("--run-dir", type=click.Path(path_type=Path), default=None, help="Overrides run_dir.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+              help="Overrides device: auto (a CUDA GPU when present), cpu or cuda. Several GPUs or nodes: start "
+                   "this command with torchrun (one process per GPU).")
 @click.option("--resume", is_flag=True, help="Continue the run in run_dir from its latest checkpoint.")
 @click.option("--overwrite", is_flag=True,
               help="Train anew over a run_dir that holds files; the old run is replaced when the new one completes "
                    "(a killed --overwrite run cannot be resumed).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_command(config_path: Path, overrides: tuple[str, ...], teacher: str | None, teacher_weights: Path | None,
-                  run_dir: Path | None, resume: bool, overwrite: bool, quiet: bool) -> None:
+                  run_dir: Path | None, device: str | None, resume: bool, overwrite: bool, quiet: bool) -> None:
     """Train a student: mvos train --config FILE [section.key=value ...].
 
     Paths in the config are relative to the current folder.
@@ -57,9 +61,13 @@ def train_command(config_path: Path, overrides: tuple[str, ...], teacher: str | 
         data.setdefault("teacher", {})["weights"] = str(teacher_weights)
     if run_dir is not None:
         data["run_dir"] = str(run_dir)
+    if device is not None:
+        data["device"] = device
     config = TrainConfig.from_dict(data)
     final = train(config, resume=resume, progress=not quiet, overwrite=overwrite, say=_echo_err)
-    click.echo(f"wrote {final} (log: {Path(config.run_dir) / 'log.csv'}, curve: {Path(config.run_dir) / 'loss.png'})")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line for the run
+        click.echo(f"wrote {final} (log: {Path(config.run_dir) / 'log.csv'}, "
+                   f"curve: {Path(config.run_dir) / 'loss.png'})")
 
 
 # -------------------------------------------------------------------------------------------------- eval

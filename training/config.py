@@ -17,11 +17,12 @@ from mvos.runtime.errors import MvosError
 from mvos.runtime.io import require_file
 from mvos.runtime.memory import MAX_QUEUE_LEN, MIN_QUEUE_LEN
 from mvos.runtime.settings import DEFAULT
+from mvos.training.distributed import DEVICES
 from mvos.training.stcn import STCN_SETTINGS
 
 STAGES = ("static", "main")
 FREEZE_BN = ("all", "key_encoder", "none")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -123,7 +124,8 @@ class TrainConfig:
     run_dir: str = "runs/train"
     seed: int = 0
     threads: int | None = None
-    precision: str = "fp32"  # fp32 | bf16 (autocast; this CPU has AVX512-BF16) | fp16 (CUDA, with a scaler)
+    device: str = "auto"  # auto (a CUDA GPU when there is one) | cpu | cuda; --device overrides
+    precision: str = "fp32"  # auto (bf16 where native, else fp16 on GPUs) | fp32 | bf16 | fp16 (GPUs, with a scaler)
     channels_last: bool = False  # NHWC activations: faster convolutions on CPUs and tensor cores
     prefetch: bool = True  # build the next batch in a background thread while this one trains
     batch_size: int = 4
@@ -164,6 +166,7 @@ class TrainConfig:
             (self.optim.lr > 0, "optim.lr must be positive"),
             (self.optim.freeze_bn in FREEZE_BN, f"optim.freeze_bn must be one of {', '.join(FREEZE_BN)}"),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
+            (self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}"),
             (0.0 <= self.loss.w <= 1.0, "loss.w must be in [0, 1]"),
             (self.loss.tau > 0, "loss.tau must be positive"),
             (0.0 < self.loss.top_p_end <= 1.0 and 0.0 < self.loss.top_p_start <= 1.0,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import random
+import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,11 +34,13 @@ from mvos.runtime.memory import others_mask, slot_frames
 from mvos.runtime.settings import DEFAULT, InferenceSettings
 from mvos.runtime.model import KeyFeatures, MobileVOS, aggregated_logits, build_model, load_pretrained_effnet_lite0
 from mvos.training.config import TrainConfig
+from mvos.training.distributed import Runtime, resolve_device, resolve_precision
 from mvos.training.losses import DistillationLoss
 from mvos.training.stcn import decoder_channels
 from mvos.training.teacher import build_teacher
 
-LOG_COLUMNS = ["iteration", "loss", "xe", "logit", "repr", "top_p", "lr", "it_per_s", "val_J", "val_F", "val_JF"]
+LOG_COLUMNS = ["iteration", "loss", "xe", "logit", "repr", "top_p", "lr", "it_per_s", "global_batch", "val_J", "val_F",
+               "val_JF"]
 LATEST = "latest.pth"
 FINAL = "final.pth"
 
@@ -68,7 +71,7 @@ def rollout(model: nn.Module, frames: torch.Tensor, first_masks: torch.Tensor, n
     n = first_masks.shape[1]
     features = model.encode_key(frames.flatten(0, 1))  # every frame at once: (B*T),...
     features = KeyFeatures(*(f.unflatten(0, (b, t)) for f in features))  # B,T,...
-    selector = (torch.arange(n) < num_objects[:, None]).float()[:, :, None, None]  # B,N,1,1
+    selector = (torch.arange(n, device=num_objects.device) < num_objects[:, None]).float()[:, :, None, None]  # B,N,1,1
     keys, values, logits, zs = [], [], [], []
     probs = first_masks
     for i in range(t):
@@ -126,6 +129,23 @@ def training_step(student: MobileVOS, teacher: nn.Module | None, criterion: Dist
         if criterion.repr_weight > 0:
             kwargs.update(z_student=out.z.float(), z_teacher=reference.z.float())
     return criterion(out.logits.float(), target, iteration, num_objects=objects, frames=t - 1, **kwargs)
+
+
+class TrainingStep(nn.Module):
+    """The student's rollout and the losses as one module whose forward is a training step, so that
+    DistributedDataParallel, which synchronises the gradients of what its forward ran, wraps everything that
+    trains (the student and the criterion's embedding). The frozen teacher is kept out of the module tree."""
+
+    def __init__(self, student: MobileVOS, criterion: DistillationLoss, teacher: nn.Module | None, queue_len: int,
+                 precision: str, teacher_top_k: int | None):
+        super().__init__()
+        self.student, self.criterion = student, criterion
+        self.__dict__["teacher"] = teacher  # not a submodule: DDP neither synchronises nor broadcasts it
+        self.queue_len, self.precision, self.teacher_top_k = queue_len, precision, teacher_top_k
+
+    def forward(self, batch: dict, iteration: int) -> dict[str, torch.Tensor]:
+        return training_step(self.student, self.teacher, self.criterion, batch, iteration, self.queue_len,
+                             self.precision, self.teacher_top_k)
 
 
 def autocast(device: torch.device, precision: str):
@@ -223,24 +243,33 @@ def make_batch(dataset: ClipMixture, seed: int, iteration: int, start: int, coun
             "num_objects": torch.tensor([x["num_objects"] for x in items])}
 
 
+def pinned_batch(dataset: ClipMixture, seed: int, iteration: int, start: int, count: int, pin: bool) -> dict:
+    batch = make_batch(dataset, seed, iteration, start, count)
+    return {k: v.pin_memory() for k, v in batch.items()} if pin else batch
+
+
 class BatchPrefetcher:
     """Builds iteration i+1's batch in a background thread while iteration i trains (OpenCV and JPEG
-    decoding release the GIL)."""
+    decoding release the GIL). `start`, `count`: this process's clips of the global batch. `pin`: page-locked
+    memory, so copies to a GPU overlap with compute."""
 
-    def __init__(self, dataset: ClipMixture, seed: int, start: int, count: int, enabled: bool = True):
+    def __init__(self, dataset: ClipMixture, seed: int, start: int, count: int, enabled: bool = True,
+                 pin: bool = False):
         from concurrent.futures import ThreadPoolExecutor
 
         self.args = (dataset, seed)
-        self.start, self.count = start, count
+        self.start, self.count, self.pin = start, count, pin
         self.pool = ThreadPoolExecutor(max_workers=1) if enabled else None
         self.pending: dict[int, object] = {}
 
+    def _build(self, iteration: int) -> dict:
+        return pinned_batch(*self.args, iteration, self.start, self.count, self.pin)
+
     def get(self, iteration: int) -> dict:
         if self.pool is None:
-            return make_batch(*self.args, iteration, self.start, self.count)
-        future = self.pending.pop(iteration, None) or self.pool.submit(make_batch, *self.args, iteration,
-                                                                        self.start, self.count)
-        self.pending[iteration + 1] = self.pool.submit(make_batch, *self.args, iteration + 1, self.start, self.count)
+            return self._build(iteration)
+        future = self.pending.pop(iteration, None) or self.pool.submit(self._build, iteration)
+        self.pending[iteration + 1] = self.pool.submit(self._build, iteration + 1)
         return future.result()
 
     def close(self) -> None:
@@ -361,56 +390,90 @@ def _fmt(value) -> str:
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @dataclass
 class Trainer:
+    """One process of a run: rank 0 alone writes the run folder (logs, validation, checkpoints); every rank
+    trains on its slice of the global batch (batch_size per process)."""
+
     config: TrainConfig
     progress: bool = True
     run_dir: Path | None = None  # where files go; default config.run_dir (--overwrite stages a new one)
     say: Callable[[str], None] = lambda message: None
+    runtime: Runtime | None = None  # device, precision and process group; default: from the config, one process
 
     def __post_init__(self):
         config = self.config
         self.run_dir = Path(self.run_dir or config.run_dir)
+        if self.runtime is None:  # one process
+            device = resolve_device(config.device)
+            self.runtime = Runtime(device, resolve_precision(config.precision, device))
+        device = self.runtime.device
         if config.threads:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
         np.random.seed(config.seed)
         random.seed(config.seed)
         self.dataset = build_dataset(config)
-        self.student = build_student(config)
+        self.student = build_student(config).to(device)
         if config.channels_last:
             self.student = self.student.to(memory_format=torch.channels_last)
         self.teacher = None
         if config.distills:
-            self.teacher = build_teacher(config.teacher.model, config.teacher.weights)
+            self.teacher = build_teacher(config.teacher.model, config.teacher.weights).to(device)
             if config.channels_last:
                 self.teacher = self.teacher.to(memory_format=torch.channels_last)
         elif config.teacher.model:
             self.say("note: the teacher is not run: loss.logit_weight and loss.repr_weight are 0")
-        self.criterion = build_criterion(config, self.student, self.teacher)
+        self.criterion = build_criterion(config, self.student, self.teacher).to(device)
+        # The representation embedding trains only with its loss (DDP also requires every trained weight used).
+        self.criterion.embed.requires_grad_(config.loss.repr_weight > 0)
+        self.step_module = TrainingStep(self.student, self.criterion, self.teacher, config.student.queue_len,
+                                        self.runtime.precision, config.teacher.top_k)
+        self.model = self.step_module
+        if self.runtime.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.model = DistributedDataParallel(self.step_module,
+                                                 device_ids=[device.index] if device.type == "cuda" else None)
+        # The same list whether or not the embedding trains, so checkpoints keep one optimiser layout.
         params = [p for p in self.student.parameters() if p.requires_grad] + list(self.criterion.parameters())
         self.optimizer = torch.optim.Adam(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, config.optim.lr_steps,
                                                               config.optim.lr_gamma)
+        # fp16 needs its gradients scaled up so small ones do not flush to zero; bf16 has fp32's range.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.runtime.precision == "fp16")
         self.log = RunLog(self.run_dir)
         self.iteration = 0
+
+    @property
+    def global_batch(self) -> int:
+        return self.config.batch_size * self.runtime.world_size
 
     # ---- state -----------------------------------------------------------------------------------------
 
     def save(self, path: Path) -> None:
+        """Every rank calls this (the random states are gathered); rank 0 writes."""
+        states = self.runtime.gather(_rng_state())
+        if not self.runtime.is_main:
+            return
         save_checkpoint(path, self.student, iteration=self.iteration, stage=self.config.stage,
                         train_config=self.config.to_dict(), optimizer=self.optimizer.state_dict(),
                         scheduler=self.scheduler.state_dict(), criterion=self.criterion.state_dict(),
-                        rng=_rng_state())
+                        scaler=self.scaler.state_dict(), rng=states[0], rng_ranks=states)
 
     def resume(self, path: Path) -> None:
         from mvos.runtime.backbones import check_state_dict
@@ -425,68 +488,87 @@ class Trainer:
         self.criterion.load_state_dict(state["criterion"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        states = state.get("rng_ranks") or [state["rng"]]
+        if len(states) != self.runtime.world_size:
+            self.say(f"note: {path} was saved by {len(states)} process(es), this run has {self.runtime.world_size}: "
+                     f"the batches continue exactly, the per-process random states start from rank 0's")
+        _set_rng_state(states[self.runtime.rank] if len(states) == self.runtime.world_size else states[0])
         self.iteration = int(state["iteration"])
         self.log.load(self.iteration)
 
     # ---- the loop --------------------------------------------------------------------------------------
 
     def run(self) -> Path:
-        config = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        _write_config(self.run_dir / "config.yaml", config)
+        config, runtime = self.config, self.runtime
+        if runtime.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _write_config(self.run_dir / "config.yaml", config)
+            self.say(f"training on {runtime.device} in {runtime.precision}, {runtime.world_size} process(es) x batch "
+                     f"{config.batch_size} = global batch {self.global_batch}")
         set_train_mode(self.student, config.optim.freeze_bn)
         bar = tqdm(total=config.iterations, initial=self.iteration, desc=f"train {config.stage}", unit="it",
-                   dynamic_ncols=True, disable=not self.progress)
-        self.batches = BatchPrefetcher(self.dataset, config.seed, 0, config.batch_size, enabled=config.prefetch)
+                   dynamic_ncols=True, disable=not (self.progress and runtime.is_main))
+        self.batches = BatchPrefetcher(self.dataset, config.seed, runtime.rank * config.batch_size, config.batch_size,
+                                       enabled=config.prefetch, pin=runtime.device.type == "cuda")
         try:
             self._loop(bar)
         finally:
             self.batches.close()
         bar.close()
         final = self.run_dir / FINAL
-        save_checkpoint(final, self.student, iteration=self.iteration, stage=config.stage,
-                        train_config=config.to_dict())
+        if runtime.is_main:
+            save_checkpoint(final, self.student, iteration=self.iteration, stage=config.stage,
+                            train_config=config.to_dict())
+        runtime.barrier()
         return final
 
     def _loop(self, bar: tqdm) -> None:
-        config = self.config
+        config, runtime = self.config, self.runtime
         window: dict[str, float] = {}
         window_steps, window_time = 0, 0.0
         while self.iteration < config.iterations:
             start = time.perf_counter()
             losses = self._step()
+            values = runtime.mean({name: float(losses[name].detach()) for name in ("loss", "xe", "logit", "repr")})
             window_time += time.perf_counter() - start
             window_steps += 1
             self.iteration += 1
-            values = {name: float(losses[name].detach()) for name in ("loss", "xe", "logit", "repr")}
             for name, value in values.items():
                 window[name] = window.get(name, 0.0) + value
             bar.update(1)
             bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{self._lr():.2g}", refresh=False)
             last = self.iteration == config.iterations
-            if self.iteration % config.log_every == 0 or last:
+            if runtime.is_main and (self.iteration % config.log_every == 0 or last):
                 self.log.update(self.iteration, **{k: v / window_steps for k, v in window.items()},
-                                top_p=float(losses["top_p"]), lr=self._lr(), it_per_s=window_steps / window_time)
+                                top_p=float(losses["top_p"]), lr=self._lr(), it_per_s=window_steps / window_time,
+                                global_batch=self.global_batch)
                 self.log.write()
+            if self.iteration % config.log_every == 0 or last:
                 window, window_steps, window_time = {}, 0, 0.0
             if config.val.sequences and (self.iteration % config.val.every == 0 or last):
-                self._validate(bar)
+                if runtime.is_main:
+                    self._validate(bar)
+                runtime.barrier()
             if self.iteration % config.checkpoint_every == 0 or last:
                 self._checkpoint()
+                runtime.barrier()
 
     def _step(self) -> dict[str, torch.Tensor]:
-        batch = self.batches.get(self.iteration)
-        losses = training_step(self.student, self.teacher, self.criterion, batch, self.iteration,
-                               self.config.student.queue_len, self.config.precision, self.config.teacher.top_k)
+        device = self.runtime.device
+        batch = {k: v.to(device, non_blocking=True) for k, v in self.batches.get(self.iteration).items()}
+        losses = self.model(batch, self.iteration)
         if not torch.isfinite(losses["loss"]):
             raise MvosError(f"the loss is {float(losses['loss'])} at iteration {self.iteration + 1}; "
                             f"lower optim.lr or set optim.grad_clip")
         self.optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
+        self.scaler.scale(losses["loss"]).backward()
         if self.config.optim.grad_clip:
+            self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.config.optim.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         return losses
 
@@ -508,6 +590,8 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         self.save(self.run_dir / LATEST)
+        if not self.runtime.is_main:
+            return
         if self.config.keep_snapshots:
             save_checkpoint(self.run_dir / "snapshots" / f"iter_{self.iteration:07d}.pth", self.student,
                             iteration=self.iteration, stage=self.config.stage, train_config=self.config.to_dict())
@@ -536,24 +620,71 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, over
           say: Callable[[str], None] = lambda message: None) -> Path:
     """Runs (or resumes) a training run; returns the path of final.pth. A run_dir that already holds files
     needs `resume` (continue it) or `overwrite` (train anew, replacing it when the new run completes).
-    `say` receives the notes a user should see (resuming from where, an unused teacher)."""
+    `say` receives the notes a user should see (resuming from where, an unused teacher). Under torchrun every
+    process calls this; rank 0 alone checks and writes the run folder."""
+    from mvos.training import distributed
+
+    if resume and overwrite:
+        raise MvosError("--resume continues the run in run_dir and --overwrite replaces it: choose one")
+    runtime = distributed.start(config.device, config.precision)
+    previous = signal.getsignal(signal.SIGTERM)
+    if runtime.distributed:
+        signal.signal(signal.SIGTERM, _stopped_by_torchrun)
+    progress_of: list[Trainer] = []
+    try:
+        return _train(config, runtime, resume, progress, overwrite, say if runtime.is_main else _silent, progress_of)
+    except RuntimeError as exc:
+        if not runtime.distributed:
+            raise
+        at = progress_of[0].iteration if progress_of else 0
+        raise MvosError(f"process {runtime.rank} of {runtime.world_size} lost the others at iteration {at} "
+                        f"({str(exc).strip().splitlines()[0][:160]}); resume the run from its last checkpoint "
+                        f"with --resume") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        distributed.stop()
+
+
+def _silent(message: str) -> None:
+    pass
+
+
+def _stopped_by_torchrun(signum, frame) -> None:
+    raise MvosError("stopped by SIGTERM: torchrun ends every process of a run when one of them fails; resume the "
+                    "run from its last checkpoint with --resume")
+
+
+def _train(config: TrainConfig, runtime: Runtime, resume: bool, progress: bool, overwrite: bool, say,
+           progress_of: list) -> Path:
+    from contextlib import nullcontext
+
     from mvos.runtime.io import check_output, staged_directory
 
     run_dir = Path(config.run_dir)
-    if resume and overwrite:
-        raise MvosError("--resume continues the run in run_dir and --overwrite replaces it: choose one")
-    check_output(run_dir, inputs=tuple(config_inputs(config)), overwrite=True, flag="run_dir")
-    occupied = run_dir.is_dir() and any(run_dir.iterdir()) or (run_dir.exists() and not run_dir.is_dir())
-    if occupied and not (resume or overwrite):
-        raise MvosError(f"run_dir {run_dir} already holds files: pass --resume to continue its run, --overwrite to "
-                        f"replace it, or choose another run_dir")
-    if overwrite and occupied:
+    verdict = None
+    if runtime.is_main:  # one process decides, so every rank stops with the same one line
+        try:
+            check_output(run_dir, inputs=tuple(config_inputs(config)), overwrite=True, flag="run_dir")
+            occupied = run_dir.is_dir() and any(run_dir.iterdir()) or (run_dir.exists() and not run_dir.is_dir())
+            if occupied and not (resume or overwrite):
+                raise MvosError(f"run_dir {run_dir} already holds files: pass --resume to continue its run, "
+                                f"--overwrite to replace it, or choose another run_dir")
+            verdict = ("ok", occupied)
+        except MvosError as exc:
+            verdict = ("error", str(exc))
+    kind, value = runtime.share(verdict)
+    if kind == "error":
+        raise MvosError(value)
+    if overwrite and value:
         # The old run stays until the new one is complete; a killed new run is removed by the next run here.
-        with staged_directory(run_dir) as staging:
-            Trainer(config, progress=progress, run_dir=staging, say=say).run()
+        with staged_directory(run_dir) if runtime.is_main else nullcontext() as staging:
+            trainer = Trainer(config, progress=progress, run_dir=runtime.share(staging), say=say, runtime=runtime)
+            progress_of.append(trainer)
+            trainer.run()
         return run_dir / FINAL
     latest = run_dir / LATEST
-    trainer = Trainer(config, progress=progress, say=say)
+    trainer = Trainer(config, progress=progress, say=say, runtime=runtime)
+    progress_of.append(trainer)
     if resume and latest.exists():
         trainer.resume(latest)
         say(f"resuming {config.run_dir} from iteration {trainer.iteration}")
