@@ -19,7 +19,11 @@ from mvos.runtime.settings import DEFAULT, DEFAULT_EXPORT_SIZE
 @click.option("--queue-len", "queue_lens", multiple=True, default=(str(DEFAULT.queue_len),), show_default=True,
               help=f"Memory slots T of the decoder: N, a list N,M or a range A..B (1..{MAX_QUEUE_LEN}); repeatable.")
 @click.option("--precision", "precision_text", default="fp32", show_default=True,
-              help="Comma-separated: fp32, fp16 (fp16 weights), int8 (dynamic range).")
+              help="Comma-separated: fp32, fp16 (fp16 weights), int8 (full integer: weights and activations, "
+                   "calibrated on real frames).")
+@click.option("--calibration", "calibration", multiple=True, metavar="VIDEO:MASK",
+              help="A real clip and its first-frame mask to calibrate int8 on and to check every precision "
+                   "against PyTorch with (repeatable; default: the examples/ clips of a source checkout).")
 @click.option("--max-objects", type=int, default=1, show_default=True,
               help="Objects per decoder call (soft aggregation in the graph when > 1).")
 @click.option("--top-k", type=click.IntRange(min=1), default=None, help="Top-k memory read (off by default).")
@@ -31,10 +35,11 @@ from mvos.runtime.settings import DEFAULT, DEFAULT_EXPORT_SIZE
               help="Export everything anew and replace --out once complete (without it, an export of the same "
                    "model is added to and any other non-empty folder is refused).")
 def export_command(variant: str | None, weights: str | None, size_text: str, queue_lens: tuple[str, ...],
-                   precision_text: str, max_objects: int, top_k: int | None, out_dir: Path, no_verify: bool,
-                   threads: int | None, overwrite: bool) -> None:
+                   precision_text: str, calibration: tuple[str, ...], max_objects: int, top_k: int | None,
+                   out_dir: Path, no_verify: bool, threads: int | None, overwrite: bool) -> None:
     """Export key encoder, value encoder and decoder (per queue length) as TFLite files, verify them against
     PyTorch and write manifest.json for the runtime, the device benchmark and the Android app."""
+    from mvos.export.calibrate import read_clip
     from mvos.export.exporter import ensure_exported
     from mvos.export.subgraphs import parse_size
     from mvos.runtime.io import check_output
@@ -47,13 +52,24 @@ def export_command(variant: str | None, weights: str | None, size_text: str, que
     size = parse_size(size_text)
     lens = parse_queue_lens(queue_lens)
     precisions = [p.strip() for p in precision_text.split(",") if p.strip()]
+    clips = [read_clip(*_video_and_mask(text)) for text in calibration] or None
     loaded = load_model(variant, weights)
     if loaded.warning:
         click.echo(loaded.warning, err=True)
     result = ensure_exported(out_dir, loaded.model, loaded.source, size, lens, precisions, max_objects,
                              verify=not no_verify, threads=threads, top_k=top_k,
-                             on_message=lambda message: click.echo(message, err=True), overwrite=overwrite)
+                             on_message=lambda message: click.echo(message, err=True), overwrite=overwrite,
+                             clips=clips)
     click.echo(report(result.manifest, {e.path for e in result.added}, out_dir))
+
+
+def _video_and_mask(text: str) -> tuple[Path, Path]:
+    from mvos.runtime.errors import MvosError
+
+    video, sep, mask = text.rpartition(":")
+    if not sep or not video or not mask:
+        raise MvosError(f"--calibration {text!r} must be VIDEO:MASK (a clip and its first-frame mask)")
+    return Path(video), Path(mask)
 
 
 def report(manifest, added: set[str], out_dir: Path) -> str:
@@ -68,9 +84,9 @@ def report(manifest, added: set[str], out_dir: Path) -> str:
         lines.append(f"{'*' if e.path in added else ' ':<2}{e.precision:<10}{e.key:<15}"
                      f"{e.bytes / 1e6:>7.2f}  {parity:<20}{fallback}")
     if manifest.end_to_end:
-        lines.append("end to end (TFLite runtime vs PyTorch, generated video):")
+        lines.append("end to end (TFLite runtime vs fp32 PyTorch, masks):")
         for c in manifest.end_to_end:
-            lines.append(f"  {c.precision:<6} T={c.queue_len:<3} mean IoU {c.mean_iou:.4f}  "
+            lines.append(f"  {c.precision:<6} T={c.queue_len:<3} {c.clip:<12} mean IoU {c.mean_iou:.4f}  "
                          f"max |prob diff| {c.max_prob_diff:.1e}  ties {c.tie_fraction:.0%}")
     for f in manifest.failures:
         lines.append(f"not converted: {f.precision} {f.subgraph}"

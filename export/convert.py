@@ -78,29 +78,58 @@ def convert_graph(spec: GraphSpec) -> bytes:
     raise ConversionError(f"{spec.key}: litert-torch conversion failed: {_error_line(error, tail)}")
 
 
-def _recipe(precision: str):
-    from ai_edge_quantizer import algorithm_manager, qtyping, recipe, recipe_manager
+def _fp16_recipe():
+    from ai_edge_quantizer import algorithm_manager, qtyping, recipe_manager
 
-    if precision == "int8":
-        return recipe.dynamic_wi8_afp32()
-    if precision == "fp16":
-        manager = recipe_manager.RecipeManager()
-        manager.add_weight_only_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
-                                       num_bits=16, algorithm_key=algorithm_manager.AlgorithmName.FLOAT_CASTING)
-        return manager.get_quantization_recipe()
-    raise ValueError(f"no quantisation recipe for {precision}")
+    manager = recipe_manager.RecipeManager()
+    manager.add_weight_only_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                                   num_bits=16, algorithm_key=algorithm_manager.AlgorithmName.FLOAT_CASTING)
+    return manager.get_quantization_recipe()
 
 
-def quantize(fp32: bytes, precision: str, what: str = "") -> bytes:
-    """The fp16-weight or int8 dynamic-range variant of an fp32 flatbuffer; fp32 passes through."""
-    if precision == "fp32":
-        return fp32
+def quantize_fp16(fp32: bytes, what: str = "") -> bytes:
+    """fp16 weights (half the file; GPU delegates compute in fp16 anyway)."""
     from ai_edge_quantizer import quantizer
 
     with captured_native_output() as tail:
         try:
-            result = quantizer.Quantizer(bytearray(fp32), _recipe(precision)).quantize(enable_progress_report=False)
+            result = quantizer.Quantizer(bytearray(fp32), _fp16_recipe()).quantize(enable_progress_report=False)
             return bytes(result.quantized_model)
         except Exception as exc:  # ai-edge-quantizer raises plain Exceptions for unsupported graphs
             error = exc
-    raise ConversionError(f"{what}: {precision} quantisation failed: {_error_line(error, tail)}")
+    raise ConversionError(f"{what}: fp16 quantisation failed: {_error_line(error, tail)}")
+
+
+# Kept in float: XNNPACK runs these in int8 with reference kernels (the memory read's batched matmul took 90 ms
+# at 480x864 in int8, 7 ms in fp32), and the softmax over memory positions needs float's range.
+FLOAT_OPS = ("BATCH_MATMUL", "SOFTMAX")
+
+
+def _int8_recipe():
+    from ai_edge_quantizer import algorithm_manager, qtyping, recipe_manager
+
+    manager = recipe_manager.RecipeManager()
+    manager.add_static_config(".*", qtyping.TFLOperationName.ALL_SUPPORTED, activation_num_bits=8,
+                              weight_num_bits=8)  # weights per output channel, activations per tensor
+    for name in FLOAT_OPS:
+        manager.add_quantization_config(".*", qtyping.TFLOperationName[name],
+                                        algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
+    return manager.get_quantization_recipe()
+
+
+def quantize_static(fp32: bytes, calibration: list[dict], what: str = "",
+                    signature: str = "serving_default") -> bytes:
+    """Full-integer int8 (weights per output channel, activations per tensor) of an fp32 flatbuffer, with the
+    activation ranges measured on `calibration` (input name -> array, one dict per sample). The graph keeps
+    float inputs and outputs (quantised and dequantised at its edges), so callers feed it as before."""
+    from ai_edge_quantizer import quantizer
+
+    with captured_native_output() as tail:
+        try:
+            q = quantizer.Quantizer(bytearray(fp32), _int8_recipe())
+            ranges = q.calibrate({signature: calibration}, num_threads=1)
+            return bytes(q.quantize(ranges, enable_progress_report=False).quantized_model)
+        except Exception as exc:  # ai-edge-quantizer raises plain Exceptions for unsupported graphs
+            error = exc
+    raise ConversionError(f"{what}: int8 (full integer) quantisation failed: {_error_line(error, tail)}")
+

@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mvos.export.convert import ConversionError, convert_graph, quantize
+from mvos.export.calibrate import CALIBRATION_FRAMES, Clip, calibration_inputs, example_clips
+from mvos.export.convert import ConversionError, convert_graph, quantize_fp16, quantize_static
 from mvos.export.manifest import check_same_model, file_entry, new_manifest, weights_sha256
 from mvos.export.ops import inspect_ops
 from mvos.export.subgraphs import GraphSpec, check_size, graph_specs, sample_inputs
-from mvos.export.verify import (FP32_MAX_REL_DIFF, FP32_MIN_IOU, end_to_end, interpreter_outputs, output_parity,
-                                signature_details)
+from mvos.export.verify import FP32_MAX_REL_DIFF, FP32_MIN_IOU, end_to_end, output_parity, run_graph, signature_details
 from mvos.runtime.errors import MvosError
 from mvos.runtime.io import staged_directory
 from mvos.runtime.manifest import MANIFEST_NAME, SUBGRAPHS, ConversionFailure, GraphFile, Manifest, graph_key
@@ -68,11 +68,13 @@ def ensure_exported(model_dir: str | Path, model: MobileVOS, source: str, size: 
                     queue_lens: Iterable[int], precisions: Iterable[str] = ("fp32",), max_objects: int = 1,
                     *, verify: bool = True, threads: int | None = None, top_k: int | None = None,
                     progress: bool = True, on_message: Callable[[str], None] | None = None,
-                    overwrite: bool = False) -> ExportResult:
+                    overwrite: bool = False, clips: list[Clip] | None = None) -> ExportResult:
     """Ensure `model_dir` holds key encoder, value encoder and decoder_T{t} for every precision and queue
     length asked for, for this model at this size; convert only the missing pieces. Returns the manifest and
     what this call added. Files land where `mvos.runtime.manifest.graph_path` says. `source` says where the
-    weights came from; `top_k` is baked into the decoders.
+    weights came from; `top_k` is baked into the decoders. `clips`: real videos to calibrate int8 on (the
+    examples of a source checkout when int8 is asked for and none are given) and to check every precision
+    against fp32 PyTorch on.
     MvosError for bad arguments, a folder holding another model, an fp32 conversion failure or a failed fp32
     verification (the folder is then left as it was). `overwrite`: export everything anew, whatever the folder
     holds, and replace it once the new export is complete."""
@@ -93,6 +95,11 @@ def ensure_exported(model_dir: str | Path, model: MobileVOS, source: str, size: 
 
     say = on_message or (lambda message: None)
     specs = {spec.key: spec for spec in graph_specs(model, size, queue_lens, max_objects, top_k=top_k)}
+    calibration: dict = {}
+    if any(p == "int8" for p, _, _ in missing):
+        clips = clips if clips is not None else example_clips()
+        say(f"calibrating int8 on {', '.join(c.name for c in clips)} ({CALIBRATION_FRAMES} frames each)")
+        calibration = calibration_inputs(model, size, queue_lens, max_objects, clips, top_k)
     with staged_directory(model_dir) as staging:
         _link_existing(model_dir, staging, existing)
         keys = list(dict.fromkeys(graph_key(s, t) for _, s, t in missing))
@@ -100,11 +107,12 @@ def ensure_exported(model_dir: str | Path, model: MobileVOS, source: str, size: 
         for key in bar:
             bar.set_description(f"export {key}")
             needed = [p for p, s, t in missing if graph_key(s, t) == key]
-            _export_graph(specs[key], model, needed, manifest, staging, verify, threads, result, say)
+            _export_graph(specs[key], model, needed, manifest, staging, verify, threads, result, say,
+                          calibration.get(key))
         bar.close()
         manifest.write(staging)
         if verify:
-            _verify_end_to_end(model, staging, manifest, missing, threads, result, progress)
+            _verify_end_to_end(model, staging, manifest, missing, threads, result, progress, clips)
             manifest.write(staging)
     return result
 
@@ -130,17 +138,23 @@ def _fp32_bytes(spec: GraphSpec, manifest: Manifest, staging: Path) -> bytes:
     return convert_graph(spec)
 
 
-def _export_graph(spec: GraphSpec, model: MobileVOS, precisions: list[str], manifest: Manifest,
-                  staging: Path, verify: bool, threads: int | None, result: ExportResult, say) -> None:
+def _export_graph(spec: GraphSpec, model: MobileVOS, precisions: list[str], manifest: Manifest, staging: Path,
+                  verify: bool, threads: int | None, result: ExportResult, say,
+                  calibration: list[dict] | None) -> None:
     fp32 = _fp32_bytes(spec, manifest, staging)  # raises ConversionError (an MvosError): nothing can follow
-    inputs = sample_inputs(spec, model) if verify else None
+    # Parity on real inputs where there are some (int8 ranges were calibrated on them), else on random ones.
+    inputs = None
+    if verify:
+        inputs = ({k: torch.from_numpy(v) for k, v in calibration[len(calibration) // 2].items()} if calibration
+                  else sample_inputs(spec, model))
     expected = None
     if verify:
         with torch.no_grad():
             expected = spec.module(**inputs)
     for precision in precisions:
         try:
-            content = quantize(fp32, precision, spec.key)
+            content = {"fp32": lambda: fp32, "fp16": lambda: quantize_fp16(fp32, spec.key),
+                       "int8": lambda: quantize_static(fp32, calibration, spec.key)}[precision]()
             entry = _entry(spec, precision, content)
         except ConversionError as exc:
             if precision == "fp32":
@@ -151,8 +165,8 @@ def _export_graph(spec: GraphSpec, model: MobileVOS, precisions: list[str], mani
             say(f"{precision} {spec.key}: not converted: {exc}")
             continue
         if verify:
-            outputs = interpreter_outputs(content, {k: v.numpy() for k, v in inputs.items()}, threads)
-            entry.parity = output_parity(outputs, expected, entry.output_names())
+            outputs = run_graph(content, entry, {k: v.numpy() for k, v in inputs.items()}, threads)
+            entry.parity = output_parity(outputs, expected)
             worst = max(entry.parity["max_rel_diff"].values())
             if precision == "fp32" and worst > FP32_MAX_REL_DIFF:
                 raise MvosError(f"verification failed: fp32 {spec.key} differs from PyTorch by {worst:.2e} "
@@ -184,8 +198,9 @@ def _entry(spec: GraphSpec, precision: str, content: bytes) -> GraphFile:
 
 
 def _verify_end_to_end(model: MobileVOS, staging: Path, manifest: Manifest, missing: list, threads: int | None,
-                       result: ExportResult, progress: bool) -> None:
-    """Every precision/queue length touched by this call: TFLite runtime vs PyTorch on a generated video."""
+                       result: ExportResult, progress: bool, clips: list[Clip] | None) -> None:
+    """Every precision/queue length touched by this call: TFLite runtime vs PyTorch on a generated video (fp32
+    must agree), and on the real clips (what quantisation costs; recorded, not enforced)."""
     complete = manifest.precisions()
     touched = sorted({(p, t) for p, s, t in missing if s == "decoder"} |
                      {(p, t) for p, s, _ in missing if s != "decoder" for t in manifest.queue_lens(p)})
@@ -199,3 +214,8 @@ def _verify_end_to_end(model: MobileVOS, staging: Path, manifest: Manifest, miss
         if precision == "fp32" and check.mean_iou < FP32_MIN_IOU:
             raise MvosError(f"verification failed: fp32 T={queue_len} masks agree with PyTorch at mean IoU "
                             f"{check.mean_iou:.4f} < {FP32_MIN_IOU}")
+        for clip in clips or []:
+            check = end_to_end(model, staging, precision, queue_len, manifest.top_k, threads,
+                               reference_cache=references, clip=clip)
+            manifest.record_check(check)
+            result.end_to_end.append(check)

@@ -80,5 +80,7 @@ def file_entry(spec: GraphSpec, precision: str, content: bytes, signature: dict,
 
 
 def _tensor(name: str, detail: dict, signature_output: str | None = None) -> TensorSpec:
-    return TensorSpec(name, [int(d) for d in detail["shape"]], detail["dtype"].__name__, MEANINGS[name],
-                      signature_output)
+    dtype = detail["dtype"].__name__
+    scale, zero_point = detail.get("quantization", (0.0, 0)) if dtype == "int8" else (None, None)
+    return TensorSpec(name, [int(d) for d in detail["shape"]], dtype, MEANINGS[name], signature_output,
+                      None if scale is None else float(scale), None if zero_point is None else int(zero_point))

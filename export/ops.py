@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
+
 # Builtin ops the GPU delegate's compatibility checker accepts (tensorflow/lite/tools/versioning/
 # gpu_compatibility.cc, CheckGpuDelegateCompatibility). Per-op conditions are checked below where our graphs
 # can hit them; everything not listed (TOPK_V2, BROADCAST_TO, GATHER_ND, Flex/custom ops...) falls back.
@@ -80,3 +82,42 @@ def _gpu_refusal(name: str, graph, op) -> str | None:
         if 3 in (lhs, rhs):
             return "rank-3 batched matmul (GPU delegates mishandle it; use rank-4 operands)"
     return None
+
+
+def graph_macs(content: bytes) -> list[tuple[str, int]]:
+    """(op name, multiply-accumulates) of every op of the first subgraph, in execution order, from the static
+    tensor shapes of the flatbuffer: convolutions, depthwise convolutions, fully connected and batched matmuls;
+    0 for everything else (elementwise, resizes, reshapes)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(content, 0)
+    graph = model.Subgraphs(0)
+    names = _op_names()
+
+    def shape(index: int) -> list[int]:
+        return graph.Tensors(index).ShapeAsNumpy().tolist() if index >= 0 else []
+
+    out = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        name = names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "UNKNOWN")
+        result = shape(op.Outputs(0))
+        elements = int(np.prod(result)) if result else 0
+        macs = 0
+        if name == "CONV_2D":
+            _, kh, kw, cin = shape(op.Inputs(1))
+            macs = elements * kh * kw * cin
+        elif name == "DEPTHWISE_CONV_2D":
+            _, kh, kw, _ = shape(op.Inputs(1))
+            macs = elements * kh * kw
+        elif name == "FULLY_CONNECTED":
+            macs = elements * shape(op.Inputs(1))[-1]
+        elif name == "BATCH_MATMUL":
+            options = schema.BatchMatMulOptions()
+            table = op.BuiltinOptions()
+            options.Init(table.Bytes, table.Pos)
+            lhs = shape(op.Inputs(0))
+            macs = elements * (lhs[-2] if options.AdjX() else lhs[-1])
+        out.append((name, macs))
+    return out

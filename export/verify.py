@@ -21,11 +21,16 @@ FP32_MAX_REL_DIFF = 1e-3  # per subgraph output, relative to the output's larges
 TIE_MARGIN = 1e-3  # probability margin below which a pixel's label is a tie, left out of the IoU
 
 
-def interpreter_outputs(content: bytes, inputs: dict[str, np.ndarray], threads: int | None = None) -> dict:
+def run_graph(content: bytes, entry, inputs: dict[str, np.ndarray], threads: int | None = None) -> dict:
+    """Float outputs by meaning of a converted graph described by its manifest `entry` (int8 graphs get their
+    inputs quantised and outputs dequantised, as the runtime does)."""
     from ai_edge_litert.interpreter import Interpreter
 
     runner = Interpreter(model_content=content, num_threads=threads).get_signature_runner()
-    return runner(**{k: np.ascontiguousarray(v, np.float32) for k, v in inputs.items()})
+    specs = {spec.name: spec for spec in entry.inputs}
+    raw = runner(**{name: specs[name].to_graph(value) for name, value in inputs.items()})
+    outputs = {spec.signature_output: spec for spec in entry.outputs}
+    return {outputs[key].name: outputs[key].from_graph(value) for key, value in raw.items()}
 
 
 def signature_details(content: bytes) -> dict:
@@ -39,12 +44,10 @@ def signature_details(content: bytes) -> dict:
     return {"inputs": runner.get_input_details(), "outputs": runner.get_output_details()}
 
 
-def output_parity(outputs: dict[str, np.ndarray], reference: dict[str, torch.Tensor],
-                  rename: dict[str, str]) -> dict:
-    """rename: signature output -> meaning. Max |diff| per output, absolute and relative to max |reference|."""
+def output_parity(outputs: dict[str, np.ndarray], reference: dict[str, torch.Tensor]) -> dict:
+    """Max |diff| per output (by meaning), absolute and relative to max |reference|."""
     absolute, relative = {}, {}
-    for key, value in outputs.items():
-        name = rename[key]
+    for name, value in outputs.items():
         ref = reference[name].detach().numpy()
         diff = float(np.abs(value - ref).max())
         absolute[name] = diff
@@ -111,19 +114,23 @@ def mask_agreement(expected: list[np.ndarray], got: list[np.ndarray], tie_margin
 
 
 def end_to_end(model: MobileVOS, model_dir: Path, precision: str, queue_len: int, top_k: int | None = None,
-               threads: int | None = None, num_frames: int = 6, reference_cache: dict | None = None) -> EndToEndCheck:
-    """Segment the generated video with the exported files and with PyTorch at the same fixed size.
-    `reference_cache` keeps PyTorch's results per queue length across precisions (the slow half)."""
+               threads: int | None = None, num_frames: int = 6, reference_cache: dict | None = None,
+               clip=None) -> EndToEndCheck:
+    """Segment the generated video (or a real `clip`) with the exported files and with PyTorch at the same
+    fixed size. `reference_cache` keeps PyTorch's results per video and queue length across precisions."""
     settings = InferenceSettings(queue_len=queue_len, top_k=top_k)
     tflite = TFLiteBackend(model_dir, queue_len=queue_len, threads=threads, precision=precision)
-    frames, masks = synthetic_video(tflite.fixed_size, num_frames)
+    if clip is None:
+        frames, masks, name = *synthetic_video(tflite.fixed_size, num_frames), "synthetic"
+    else:
+        frames, masks, name = clip.frames, {0: clip.mask}, clip.name
     cache = {} if reference_cache is None else reference_cache
     with torch.inference_mode():
-        if queue_len not in cache:
+        if (name, queue_len) not in cache:
             torch_backend = TorchBackend(model, top_k)
             torch_backend.fixed_size = tflite.fixed_size  # same resize/pad geometry as the exported graphs
-            cache[queue_len] = run_video(Segmenter(torch_backend, settings), frames, masks)
+            cache[(name, queue_len)] = run_video(Segmenter(torch_backend, settings), frames, masks)
         got_segmenter = Segmenter(tflite, settings)
         got = run_video(got_segmenter, frames, masks)
-    return EndToEndCheck(precision, queue_len, **mask_agreement(cache[queue_len], got), frames=num_frames,
-                         objects=len(got_segmenter.object_ids))
+    return EndToEndCheck(precision, queue_len, **mask_agreement(cache[(name, queue_len)], got), frames=len(frames),
+                         objects=len(got_segmenter.object_ids), clip=name)

@@ -63,7 +63,7 @@ class TorchBackend:
     def decode(self, query: QueryFeatures, memory_keys: torch.Tensor, memory_values: torch.Tensor,
                num_objects: int) -> torch.Tensor:
         keys = memory_keys.transpose(0, 1).reshape(1, memory_keys.shape[1], -1)  # 1,Ck,T*h*w
-        values = memory_values.transpose(0, 1).reshape(1, memory_values.shape[1], -1)  # 1,N*Cv,T*h*w
+        values = memory_values.permute(0, 2, 3, 1).reshape(1, -1, memory_values.shape[1])  # 1,T*h*w,N*Cv
         return self.model.segment(query, keys, values, num_objects, self.top_k)[0]
 
     def describe(self) -> dict:
@@ -173,11 +173,12 @@ class Segmenter:
     # ---- internals ---------------------------------------------------------------------------------------
 
     def _prepare_frame(self, frame: np.ndarray, geometry: FrameGeometry) -> torch.Tensor:
-        # .contiguous(): the permuted view is channels-last, which sends every conv down a slow path.
-        x = torch.from_numpy(frame).permute(2, 0, 1)[None].float().contiguous() / 255.0  # 1,3,H0,W0
+        # PyTorch's convolutions want NCHW memory; the TFLite graphs take NHWC, the frame's own layout.
+        layout = torch.channels_last if getattr(self.backend, "channels_last", False) else torch.contiguous_format
+        x = torch.from_numpy(frame).permute(2, 0, 1)[None].float().contiguous(memory_format=layout) / 255.0
         if geometry.resized != geometry.original:
             x = F.interpolate(x, size=geometry.resized, mode="bilinear", align_corners=False, antialias=True)
-        return geometry.pad((x - self._mean) / self._std)
+        return geometry.pad((x - self._mean) / self._std).contiguous(memory_format=layout)  # 1,3,H,W
 
     def _predict(self, features: KeyFeatures, geometry: FrameGeometry) -> torch.Tensor:
         per_group = []

@@ -21,6 +21,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from mvos.runtime.errors import MvosError
 from mvos.runtime.memory import check_queue_len
 from mvos.runtime.settings import PRECISIONS
@@ -46,9 +48,23 @@ def graph_path(precision: str, subgraph: str, queue_len: int | None = None) -> s
 class TensorSpec:
     name: str  # the graph's signature name for inputs; the meaning's name for outputs
     shape: list[int]
-    dtype: str
+    dtype: str  # float32, or int8 in full-integer graphs: real = scale * (q - zero_point)
     meaning: str
     signature_output: str | None = None  # outputs: what the converted graph calls it (output_0..N)
+    scale: float | None = None  # int8 tensors only
+    zero_point: int | None = None
+
+    def to_graph(self, array: np.ndarray) -> np.ndarray:
+        """A float array as this input takes it (quantised for int8 inputs)."""
+        if self.dtype != "int8":
+            return np.ascontiguousarray(array, dtype=np.float32)
+        return np.clip(np.round(array / self.scale) + self.zero_point, -128, 127).astype(np.int8)
+
+    def from_graph(self, array: np.ndarray) -> np.ndarray:
+        """This output as float32 (dequantised for int8 outputs)."""
+        if self.dtype != "int8":
+            return array
+        return ((array.astype(np.float32) - self.zero_point) * self.scale).astype(np.float32)
 
 
 @dataclass
@@ -79,7 +95,7 @@ class GraphFile:
 
 @dataclass
 class EndToEndCheck:
-    """TFLite runtime against PyTorch on a generated video, through the same engine."""
+    """TFLite runtime against fp32 PyTorch through the same engine, on a generated video or a real clip."""
 
     precision: str
     queue_len: int
@@ -88,6 +104,7 @@ class EndToEndCheck:
     tie_fraction: float
     frames: int
     objects: int
+    clip: str = "synthetic"  # or the real clip's file name
 
 
 @dataclass
@@ -155,10 +172,10 @@ class Manifest:
         self.failures.append(failure)
 
     def record_check(self, check: EndToEndCheck) -> None:
-        self.end_to_end = [c for c in self.end_to_end if (c.precision, c.queue_len) != (check.precision,
-                                                                                          check.queue_len)]
+        same = (check.precision, check.queue_len, check.clip)
+        self.end_to_end = [c for c in self.end_to_end if (c.precision, c.queue_len, c.clip) != same]
         self.end_to_end.append(check)
-        self.end_to_end.sort(key=lambda c: (PRECISIONS.index(c.precision), c.queue_len))
+        self.end_to_end.sort(key=lambda c: (PRECISIONS.index(c.precision), c.queue_len, c.clip))
 
     # ---- JSON ------------------------------------------------------------------------------------------
 
@@ -265,4 +282,9 @@ def _graph_file(data, where: str) -> GraphFile:
     for spec in entry.inputs + entry.outputs:
         if not spec.shape or not all(isinstance(d, int) and d > 0 for d in spec.shape):
             raise MvosError(f"{what}: tensor {spec.name!r} has shape {spec.shape}")
+        if spec.dtype not in ("float32", "int8"):
+            raise MvosError(f"{what}: tensor {spec.name!r} has dtype {spec.dtype!r} (float32 or int8)")
+        if spec.dtype == "int8" and not (isinstance(spec.scale, float) and spec.scale > 0
+                                         and isinstance(spec.zero_point, int)):
+            raise MvosError(f"{what}: int8 tensor {spec.name!r} needs a positive scale and an integer zero_point")
     return entry

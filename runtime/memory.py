@@ -73,7 +73,8 @@ def others_mask(probs: torch.Tensor, dim: int = 0) -> torch.Tensor:
 def protocol_description() -> dict:
     """The protocol as the export manifest records it, with worked slot sequences the Android core checks."""
     return {
-        "slots": "T = the decoder's queue length; mem_keys T,Ck,h,w and mem_values T,N*Cv,h,w",
+        "slots": "T = the decoder's queue length; mem_keys T,Ck,h,w (channels first) and mem_values T,h,w,N*Cv "
+                 "(channels last), the layouts the memory read's two matrix products take",
         "queue_length_range": [MIN_QUEUE_LEN, MAX_QUEUE_LEN],
         "first_frame": "write its key and value into every slot (slot 0 keeps it for the whole video)",
         "later_frames": "write into slot 1 + (writes % (T-1)), writes = frames memorised after the first; "
@@ -82,6 +83,15 @@ def protocol_description() -> dict:
                  "clamp(sum of all objects' probabilities - mask, 0, 1); stack the objects' values on channels",
         "write_slots": {str(t): [write_slot(k, t) for k in range(6)] for t in (1, 2, 3, 5)},
     }
+
+
+def slots_like(x: torch.Tensor, count: int) -> torch.Tensor:
+    """`count` slots filled with x (C,h,w), in x's memory layout: channels-last values stay so, so a backend
+    whose graphs take NHWC value slots (TFLite) reads them without a transpose."""
+    layout = torch.channels_last if x.shape[0] > 1 and x.stride(0) == 1 else torch.contiguous_format
+    slots = torch.empty((count, *x.shape), dtype=x.dtype, device=x.device, memory_format=layout)
+    slots[:] = x
+    return slots
 
 
 class FixedQueueMemory:
@@ -109,11 +119,11 @@ class FixedQueueMemory:
         return self.empty or self.queue_len > 1
 
     def write(self, key: torch.Tensor, value: torch.Tensor, frame_index: int) -> None:
-        """key: Ck,h,w ; value: N*Cv,h,w."""
+        """key: Ck,h,w ; value: N*Cv,h,w. Written in place: the slots are allocated once."""
         if self.empty:
             t = self.queue_len
-            self.keys = key.unsqueeze(0).repeat(t, 1, 1, 1).contiguous()
-            self.values = value.unsqueeze(0).repeat(t, 1, 1, 1).contiguous()
+            self.keys = slots_like(key, t)
+            self.values = slots_like(value, t)
             self.frame_of_slot = [frame_index] * t
             return
         slot = write_slot(self.writes, self.queue_len)

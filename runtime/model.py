@@ -126,10 +126,12 @@ class ValueEncoder(nn.Module):
 
 def memory_readout(query_key: torch.Tensor, memory_keys: torch.Tensor, memory_values: torch.Tensor,
                    top_k: int | None = None) -> torch.Tensor:
-    """STCN's L2 affinity read. query_key B,Ck,h,w ; memory_keys B,Ck,M ; memory_values B,C,M -> B,C,h,w.
+    """STCN's L2 affinity read. query_key B,Ck,h,w ; memory_keys B,Ck,M ; memory_values B,M,C -> B,C,h,w.
 
     affinity[q, m] = (2 mk_m . qk_q - |mk_m|^2) / sqrt(Ck), softmax over m. Written with rank-4 matmuls
-    and the softmax on the last axis because TFLite GPU delegates mishandle rank-3 batched matmuls.
+    and the softmax on the last axis because TFLite GPU delegates mishandle rank-3 batched matmuls. The values
+    come position-major (M,C), as each matmul wants its operand: a transposed one makes the converter emit a
+    FULLY_CONNECTED with run-time weights, which XNNPACK leaves to a reference kernel 6x slower.
     """
     b, ck, h, w = query_key.shape
     qk = query_key.reshape(b, 1, ck, h * w).transpose(2, 3)  # B,1,HW,Ck
@@ -143,8 +145,7 @@ def memory_readout(query_key: torch.Tensor, memory_keys: torch.Tensor, memory_va
         kth = torch.gather(affinity, -1, indices[..., -1:])  # B,1,HW,1
         affinity = affinity.masked_fill(affinity < kth, float("-inf"))
     affinity = torch.softmax(affinity, dim=-1)
-    mv = memory_values.unsqueeze(1).transpose(2, 3)  # B,1,M,C
-    readout = torch.matmul(affinity, mv)  # B,1,HW,C
+    readout = torch.matmul(affinity, memory_values.unsqueeze(1))  # B,1,HW,C
     return readout.squeeze(1).transpose(1, 2).reshape(b, -1, h, w)
 
 
@@ -204,7 +205,7 @@ class MobileVOS(nn.Module):
 
     def segment(self, query: QueryFeatures, memory_keys: torch.Tensor, memory_values: torch.Tensor,
                 num_objects: int, top_k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One frame against a memory. memory_keys B,Ck,M ; memory_values B,N*Cv,M -> logits B*N,1,H,W, z."""
+        """One frame against a memory. memory_keys B,Ck,M ; memory_values B,M,N*Cv -> logits B*N,1,H,W, z."""
         b, _, h, w = query.key.shape
         readout = memory_readout(query.key, memory_keys, memory_values, top_k)  # B,N*Cv,h,w
         readout = readout.reshape(b * num_objects, -1, h, w)

@@ -26,7 +26,12 @@ from mvos.runtime.model import KeyFeatures, QueryFeatures
 
 
 class SubgraphRunner:
-    """One .tflite file: named numpy inputs in, outputs renamed to their meaning by the manifest entry."""
+    """One .tflite file: named float inputs in, float outputs by meaning out, without allocating per call.
+
+    Inputs are written into the interpreter's own buffers; outputs are copied (dequantised, for int8 graphs)
+    into this runner's buffers, allocated once and overwritten by its next call: callers keep what they need
+    before running the same graph again. (Views of the interpreter's buffers cannot be handed out: it refuses
+    to run while one is referenced.)"""
 
     def __init__(self, model_dir: Path, entry: GraphFile, threads: int | None, check_hash: bool = True):
         from ai_edge_litert.interpreter import Interpreter
@@ -39,26 +44,82 @@ class SubgraphRunner:
         self.entry = entry
         try:
             self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
-            self.runner = self.interpreter.get_signature_runner(entry.signature)
+            self.interpreter.allocate_tensors()
+            runner = self.interpreter.get_signature_runner(entry.signature)
         except (ValueError, RuntimeError) as exc:
             raise MvosError(f"cannot load {self.path}: {str(exc).splitlines()[0]}") from None
-        self.inputs = {spec.name: spec for spec in entry.inputs}
+        details_in, details_out = runner.get_input_details(), runner.get_output_details()
         # litert-torch names outputs after a returned dict's keys, or output_0..N for tuples: the manifest says.
-        self.outputs = entry.output_names()
+        self.inputs = {spec.name: (spec, details_in[spec.name]["index"]) for spec in entry.inputs}
+        self.outputs = {spec.name: (spec, details_out[spec.signature_output]["index"]) for spec in entry.outputs}
+        self.scratch = {name: np.empty(spec.shape, np.float32) for name, (spec, _) in self.inputs.items()
+                        if spec.dtype == "int8"}
+        self.results = {name: np.empty(spec.shape, np.float32) for name, (spec, _) in self.outputs.items()}
 
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
-        feed = {}
         for name, array in inputs.items():
-            expected = tuple(self.inputs[name].shape)
-            if tuple(array.shape) != expected:
-                raise MvosError(f"{self.path.name}: input {name} has shape {tuple(array.shape)}, expected {expected}")
-            feed[name] = np.ascontiguousarray(array, dtype=np.float32)
-        raw = self.runner(**feed)
-        return {self.outputs[key]: value for key, value in raw.items()}
+            spec, index = self.inputs[name]
+            if tuple(array.shape) != tuple(spec.shape):
+                raise MvosError(f"{self.path.name}: input {name} has shape {tuple(array.shape)}, "
+                                f"expected {tuple(spec.shape)}")
+            target = self.interpreter.tensor(index)()
+            if spec.dtype == "int8":
+                work = self.scratch[name]
+                np.divide(array, spec.scale, out=work)
+                np.add(work, spec.zero_point, out=work)
+                np.rint(work, out=work)
+                np.clip(work, -128, 127, out=work)
+                target[...] = work
+            else:
+                target[...] = array
+            del target  # no view of the interpreter's buffers may outlive this point: it refuses to run
+        self.interpreter.invoke()
+        for name, (spec, index) in self.outputs.items():
+            view, result = self.interpreter.tensor(index)(), self.results[name]
+            if spec.dtype == "int8":
+                np.subtract(view, spec.zero_point, out=result, dtype=np.float32)
+                np.multiply(result, spec.scale, out=result)
+            else:
+                np.copyto(result, view)
+            del view
+        return self.results
 
 
-def _numpy(x: torch.Tensor) -> np.ndarray:
+def to_numpy(x: torch.Tensor) -> np.ndarray:
     return x.detach().to(torch.float32).cpu().numpy()
+
+
+def nhwc_numpy(x: torch.Tensor) -> np.ndarray:
+    """An N,C,H,W tensor as the N,H,W,C array a graph takes: no copy when it is channels-last in memory (the
+    engine keeps frames, features and the memory so for this backend)."""
+    return x.detach().permute(0, 2, 3, 1).to(torch.float32).cpu().numpy()
+
+
+def nchw_view(array: np.ndarray) -> torch.Tensor:
+    """A graph's N,H,W,C output as the engine's N,C,H,W tensor, without copying."""
+    return torch.from_numpy(array).permute(0, 3, 1, 2)
+
+
+def decoder_feeds(query: QueryFeatures, memory_keys: torch.Tensor, memory_values: torch.Tensor, num_objects: int,
+                  max_objects: int, value_dim: int) -> list[tuple[dict[str, np.ndarray], int]]:
+    """The decoder graph's inputs for a group of objects, and how many of each call's outputs are real. The
+    graph takes exactly `max_objects` (N) objects: a group of fewer is padded with zero values (their outputs
+    are dropped), a larger one runs in chunks of N."""
+    # Keys are channels first (the frame's 1,Ck,h,w and T,Ck,h,w slots), everything else NHWC.
+    fixed = {"key": to_numpy(query.key), "value": nhwc_numpy(query.value), "f8": nhwc_numpy(query.f8),
+             "f4": nhwc_numpy(query.f4), "mem_keys": to_numpy(memory_keys)}
+    values = nhwc_numpy(memory_values)  # T,h,w,n*Cv
+    if num_objects == max_objects:
+        return [({**fixed, "mem_values": values}, num_objects)]
+    feeds = []
+    for start in range(0, num_objects, max_objects):
+        count = min(max_objects, num_objects - start)
+        chunk = values[..., start * value_dim:(start + count) * value_dim]
+        if count < max_objects:
+            pad = np.zeros((*chunk.shape[:3], (max_objects - count) * value_dim), np.float32)
+            chunk = np.concatenate([chunk, pad], axis=3)
+        feeds.append(({**fixed, "mem_values": np.ascontiguousarray(chunk)}, count))
+    return feeds
 
 
 # ------------------------------------------------------------------------------------------------- backend
@@ -69,7 +130,7 @@ class TFLiteBackend:
     this queue length, at the fixed size of the export."""
 
     name = "tflite"
-
+    channels_last = True  # the graphs take image-like tensors NHWC: the engine prepares frames so
     def __init__(self, model_dir: str | Path, queue_len: int, threads: int | None = None,
                  precision: str | None = None, check_hash: bool = True):
         self.model_dir = Path(model_dir)
@@ -100,38 +161,33 @@ class TFLiteBackend:
         self.decoder = SubgraphRunner(self.model_dir, decoder, threads, check_hash)
 
     def encode_key(self, frame: torch.Tensor) -> KeyFeatures:
-        out = self.key_encoder(frame=_numpy(frame))  # frame: 1,3,H,W
-        return KeyFeatures(*(torch.from_numpy(out[name]) for name in KeyFeatures._fields))
+        out = self.key_encoder(frame=nhwc_numpy(frame))  # frame: 1,3,H,W (channels-last in memory)
+        return KeyFeatures(torch.from_numpy(out["key"]), *(nchw_view(out[name]) for name in KeyFeatures._fields[1:]))
 
     def encode_value(self, frame: torch.Tensor, features: KeyFeatures, masks: torch.Tensor,
                      others: torch.Tensor) -> torch.Tensor:
         """masks, others: N,1,H,W -> N,Cv,h,w. The exported value encoder takes one object (batch 1) and the
         frame's f16 (MobileVOS's value encoder does not read the frame itself)."""
-        f16 = _numpy(features.f16)
-        values = [self.value_encoder(f16=f16, mask=_numpy(masks[i:i + 1]), others=_numpy(others[i:i + 1]))["value"]
-                  for i in range(masks.shape[0])]
-        return torch.from_numpy(np.concatenate(values, axis=0))
+        f16 = nhwc_numpy(features.f16)
+        n = masks.shape[0]
+        values = []
+        for i in range(n):
+            out = self.value_encoder(f16=f16, mask=nhwc_numpy(masks[i:i + 1]), others=nhwc_numpy(others[i:i + 1]))
+            # A view of the graph's output buffer; the next call overwrites it, so several objects keep copies.
+            values.append(out["value"] if n == 1 else out["value"].copy())
+            del out
+        return nchw_view(values[0] if n == 1 else np.concatenate(values, axis=0))  # n,Cv,h,w
 
     def decode(self, query: QueryFeatures, memory_keys: torch.Tensor, memory_values: torch.Tensor,
                num_objects: int) -> torch.Tensor:
-        """memory_keys T,Ck,h,w ; memory_values T,n*Cv,h,w -> logits n,1,H,W.
-
-        The decoder graph takes exactly max_objects (N) objects: a group of fewer is padded with zero values
-        (their outputs are dropped), a larger one runs in chunks of N.
-        """
-        fixed = {"key": _numpy(query.key), "value": _numpy(query.value), "f8": _numpy(query.f8),
-                 "f4": _numpy(query.f4), "mem_keys": _numpy(memory_keys)}
-        values = _numpy(memory_values)  # T,n*Cv,h,w
-        cv, n_max = self.value_dim, self.max_objects
+        """memory_keys T,Ck,h,w ; memory_values T,n*Cv,h,w -> logits n,1,H,W."""
+        feeds = decoder_feeds(query, memory_keys, memory_values, num_objects, self.max_objects, self.value_dim)
         logits = []
-        for start in range(0, num_objects, n_max):
-            count = min(n_max, num_objects - start)
-            chunk = values[:, start * cv:(start + count) * cv]
-            if count < n_max:
-                pad = np.zeros((chunk.shape[0], (n_max - count) * cv, *chunk.shape[2:]), np.float32)
-                chunk = np.concatenate([chunk, pad], axis=1)
-            logits.append(self.decoder(**fixed, mem_values=chunk)["logits"][:count])
-        return torch.from_numpy(np.concatenate(logits, axis=0))
+        for feed, count in feeds:
+            out = self.decoder(**feed)
+            logits.append(out["logits"][:count] if len(feeds) == 1 else out["logits"][:count].copy())  # n,H,W,1
+            del out
+        return nchw_view(logits[0] if len(logits) == 1 else np.concatenate(logits, axis=0))
 
     def describe(self) -> dict:
         m = self.manifest

@@ -48,8 +48,17 @@ def _calibrated_model(variant: str, size: tuple[int, int], seed: int) -> MobileV
             features = model.encode_key(frames)
             values = model.encode_value(frames, features, masks, 1 - masks)  # 4,Cv,h,w
             keys = features.key.flatten(2)  # 4,Ck,h*w: each frame reads its own memory
-            model.segment(features.query, keys, values.flatten(2), 1)
+            model.segment(features.query, keys, values.flatten(2).transpose(1, 2), 1)
     return model.eval()
+
+
+def tiny_clip():
+    """A short generated video with its first-frame objects: what the tiny export calibrates int8 on."""
+    from mvos.export.calibrate import Clip
+    from mvos.export.verify import synthetic_video
+
+    frames, masks = synthetic_video(TINY_SIZE, num_frames=8, seed=7)
+    return Clip("tiny-clip", frames, masks[0])
 
 
 def tiny_export(root: Path) -> Path:
@@ -61,6 +70,6 @@ def tiny_export(root: Path) -> Path:
     if key not in _exports or not (_exports[key] / "manifest.json").is_file():
         folder = Path(root) / "tiny_export"
         ensure_exported(folder, calibrated_model(), "calibrated test model", TINY_SIZE, TINY_QUEUE_LENS,
-                        TINY_PRECISIONS, TINY_MAX_OBJECTS, progress=False)
+                        TINY_PRECISIONS, TINY_MAX_OBJECTS, progress=False, clips=[tiny_clip()])
         _exports[key] = folder
     return _exports[key]

@@ -16,7 +16,7 @@ def test_stage_shapes(variant):
         value = model.encode_value(frame, features, torch.rand(3, 1, 64, 96), torch.rand(3, 1, 64, 96))
         assert tuple(value.shape) == (3, config.value_dim, 4, 6)
         memory_keys = torch.cat([features.key.flatten(2)] * 2, dim=2)  # 1,Ck,2*h*w (two memory frames)
-        memory_values = torch.cat([value.reshape(1, -1, 24)] * 2, dim=2)  # 1,3*Cv,2*h*w
+        memory_values = torch.cat([value.reshape(1, -1, 24).transpose(1, 2)] * 2, dim=1)  # 1,2*h*w,3*Cv
         logits, z = model.segment(features.query, memory_keys, memory_values, num_objects=3)
     assert tuple(logits.shape) == (3, 1, 64, 96)
     assert tuple(z.shape) == (3, config.decoder_dims[2], 16, 24)
@@ -36,7 +36,7 @@ def test_memory_readout_matches_stcn_reference():
     ab = mk.transpose(1, 2) @ qk.flatten(2)
     affinity = torch.softmax((2 * ab - a_sq) / 8 ** 0.5, dim=1)  # B,M,HW
     expected = (mv @ affinity).reshape(2, 5, 3, 4)
-    assert torch.allclose(memory_readout(qk, mk, mv), expected, atol=1e-5)
+    assert torch.allclose(memory_readout(qk, mk, mv.transpose(1, 2)), expected, atol=1e-5)  # values position-major
 
 
 def test_top_k_read_uses_only_the_k_best_matches():
@@ -46,7 +46,7 @@ def test_top_k_read_uses_only_the_k_best_matches():
     top = torch.topk(a, 3, dim=-1)
     weights = torch.zeros_like(a).scatter(-1, top.indices, torch.softmax(top.values, dim=-1))
     expected = (weights @ mv.transpose(1, 2)).transpose(1, 2).reshape(1, 3, 2, 2)
-    assert torch.allclose(memory_readout(qk, mk, mv, top_k=3), expected, atol=1e-5)
+    assert torch.allclose(memory_readout(qk, mk, mv.transpose(1, 2), top_k=3), expected, atol=1e-5)
 
 
 def test_soft_aggregation_sums_to_one_and_keeps_order():

@@ -140,7 +140,8 @@ def test_stage_api_matches_mobilevos(stcn):
     with torch.no_grad():
         value = stcn.encode_value(frame, features, masks, masks.flip(0))  # B*N,512,h,w
         assert value.shape == (2, 512, 4, 6)
-        logits, z = stcn.segment(features.query, features.key.flatten(2), value.reshape(1, -1, 24), num_objects=2)
+        values = value.reshape(1, -1, 24).transpose(1, 2)  # 1,h*w,2*512: position-major
+        logits, z = stcn.segment(features.query, features.key.flatten(2), values, num_objects=2)
     assert logits.shape == (2, 1, 64, 96) and z.shape == (2, 256, 16, 24)
     assert (z >= 0).all()  # z is what the prediction conv sees: after the ReLU
 

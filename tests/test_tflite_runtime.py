@@ -64,7 +64,8 @@ def test_host_owns_the_queue(export_dir, model):
     with torch.inference_mode():
         for index, frame in enumerate(frames):
             geometry = FrameGeometry.for_frame(*frame.shape[:2], None, backend.fixed_size)
-            keys.append(backend.encode_key(segmenter._prepare_frame(frame, geometry)).key[0])
+            # clone: a runner's outputs are its own buffers, overwritten by its next call
+            keys.append(backend.encode_key(segmenter._prepare_frame(frame, geometry)).key[0].clone())
             given = masks.get(index)
             segmenter.step(frame, given, [int(i) for i in np.unique(given) if i] if given is not None else None)
             group = segmenter.groups[0]

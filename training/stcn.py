@@ -132,7 +132,7 @@ class STCN(nn.Module):
 
     def segment(self, query: QueryFeatures, memory_keys: torch.Tensor, memory_values: torch.Tensor,
                 num_objects: int, top_k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """memory_keys B,64,M ; memory_values B,N*512,M -> logits B*N,1,H,W and z B*N,256,H/4,W/4."""
+        """memory_keys B,64,M ; memory_values B,M,N*512 -> logits B*N,1,H,W and z B*N,256,H/4,W/4."""
         b, _, h, w = query.key.shape
         readout = memory_readout(query.key, memory_keys, memory_values, top_k)  # B,N*512,h,w
         return self.decode(query.value, query.f8, query.f4, readout.reshape(b * num_objects, -1, h, w))

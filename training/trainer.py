@@ -79,7 +79,8 @@ def rollout(model: nn.Module, frames: torch.Tensor, first_masks: torch.Tensor, n
         if i > 0:
             slots = memory_frames(i, queue_len)
             memory_keys = torch.stack([keys[s] for s in slots], dim=2).flatten(2)  # B,Ck,M
-            memory_values = torch.stack([values[s] for s in slots], dim=2).flatten(2)  # B,N*Cv,M
+            memory_values = torch.stack([values[s] for s in slots], dim=1)  # B,T,N*Cv,h,w
+            memory_values = memory_values.permute(0, 1, 3, 4, 2).reshape(b, -1, memory_values.shape[2])  # B,M,N*Cv
             frame_logits, z = model.segment(at.query, memory_keys, memory_values, n, top_k)  # B*N,1,H,W ; B*N,C,h4,w4
             # float32: under bf16 autocast 1 - 1e-7 rounds to 1 and the aggregated logit becomes infinite.
             object_probs = torch.sigmoid(frame_logits.float()).view(b, n, height, width) * selector

@@ -1,0 +1,226 @@
+"""How far the exported graphs are from this machine's floor, in one run (issue: a real-time frame).
+
+1. MACs of every subgraph, counted from the converted graphs themselves (`mvos.export.ops.graph_macs`).
+2. This machine's matrix-multiply rates through the same runtime (LiteRT + XNNPACK) and threads: an fp32 GEMM
+   and a full-integer int8 GEMM, 1024 x 1024 x 1024.
+3. Each subgraph (min over runs) and whole frames (the TFLite runtime segmenting a real clip, the example dog
+   video) for every precision of an export, and each one's ratio to its floor = 2 x MACs / rate.
+4. With --ops: per-op times of each graph, from prefix cuts (the graph cut after op k, timed, minus the cut
+   after op k-1), to see where the time goes.
+
+Run it on a quiet machine (stop any training first):
+
+    mvos export --size 480x864 --queue-len 2 --precision fp32,int8 --out /tmp/realtime_export
+    python benchmarks/realtime.py --model-dir /tmp/realtime_export --out benchmarks/results/realtime [--ops]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+
+GEMM = (1024, 1024, 1024)  # M, K, N
+REPO = Path(__file__).resolve().parents[1]
+
+
+def timed_ms(run, runs: int, warmup: int) -> float:
+    """Fastest of `runs` calls (other processes only ever add time), after `warmup` calls."""
+    for _ in range(warmup):
+        run()
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        best = min(best, (time.perf_counter() - start) * 1000)
+    return best
+
+
+def interpreter_runner(content: bytes, threads: int):
+    """A zero-argument callable that invokes the graph on random inputs (values do not change its time)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=content, num_threads=threads)
+    interpreter.allocate_tensors()
+    rng = np.random.default_rng(0)
+    for detail in interpreter.get_input_details():
+        data = rng.standard_normal(detail["shape"]).astype(detail["dtype"]) if detail["dtype"] == np.float32 \
+            else rng.integers(-100, 100, detail["shape"]).astype(detail["dtype"])
+        interpreter.set_tensor(detail["index"], data)
+    return interpreter.invoke
+
+
+def gemm_graphs() -> dict[str, bytes]:
+    """An fp32 GEMM and its full-integer int8 version (weights and activations, calibrated)."""
+    import litert_torch
+    import torch
+
+    from mvos.export.convert import quantize_static
+
+    m, k, n = GEMM
+    torch.manual_seed(0)
+    module = torch.nn.Linear(k, n, bias=False).eval()
+    fp32 = bytes(litert_torch.convert(module, (torch.zeros(m, k),)).model_content())
+    calibration = [{"args_0": np.random.default_rng(i).standard_normal((m, k)).astype(np.float32)} for i in range(4)]
+    return {"fp32": fp32, "int8": quantize_static(fp32, calibration, "gemm")}
+
+
+def machine_rates(threads: int, runs: int) -> dict[str, float]:
+    """GFLOP/s (2 per MAC) of the GEMMs through LiteRT on `threads` threads."""
+    m, k, n = GEMM
+    return {precision: 2 * m * k * n / timed_ms(interpreter_runner(content, threads), runs, 2) / 1e6
+            for precision, content in gemm_graphs().items()}
+
+
+def subgraph_rows(model_dir: Path, label: str, threads: int, runs: int, rates: dict[str, float]) -> list[dict]:
+    """Every <precision>/<graph>.tflite of an export folder (any version of the exporter) against its floor."""
+    from mvos.export.ops import graph_macs
+
+    rows = []
+    for path in sorted(model_dir.glob("*/*.tflite")):
+        content = path.read_bytes()
+        macs = sum(m for _, m in graph_macs(content))
+        ms = timed_ms(interpreter_runner(content, threads), runs, 2)
+        floor = 2 * macs / rates["int8" if path.parent.name == "int8" else "fp32"] / 1e6
+        rows.append({"export": label, "precision": path.parent.name, "graph": path.stem, "gmac": round(macs / 1e9, 3),
+                     "ms": round(ms, 2), "floor_ms": round(floor, 2), "ratio": round(ms / floor, 2)})
+    return rows
+
+
+def summed_frame_rows(subgraphs: list[dict], queue_len: int) -> list[dict]:
+    """A frame as the sum of its three graphs (for exports the current runtime cannot run)."""
+    rows = []
+    for (label, precision) in dict.fromkeys((r["export"], r["precision"]) for r in subgraphs):
+        graphs = [r for r in subgraphs if r["export"] == label and r["precision"] == precision and
+                  r["graph"] in ("key_encoder", "value_encoder", f"decoder_T{queue_len}")]
+        ms, floor = sum(r["ms"] for r in graphs), sum(r["floor_ms"] for r in graphs)
+        rows.append({"export": label, "precision": precision, "graph": f"3 graphs (T={queue_len})",
+                     "gmac": round(sum(r["gmac"] for r in graphs), 3), "ms": round(ms, 2), "floor_ms": round(floor, 2),
+                     "ratio": round(ms / floor, 2)})
+    return rows
+
+
+def frame_rows(model_dir: Path, label: str, manifest, queue_len: int, threads: int, subgraphs: list[dict],
+               frames: int = 40) -> list[dict]:
+    """Whole frames of the example clip through the TFLite runtime (engine, memory, pre/post-processing)."""
+    from mvos.runtime.inference import Segmenter, Timing, track
+    from mvos.runtime.io import open_frames, read_mask
+    from mvos.runtime.settings import DEFAULT
+    from mvos.runtime.tflite import TFLiteBackend
+
+    source = open_frames(REPO / "examples" / "dog.mp4")
+    clip = [frame for _, frame in zip(range(frames), source)]
+    mask = read_mask(REPO / "examples" / "dog_00000.png")
+    rows = []
+    for precision in manifest.precisions():
+        backend = TFLiteBackend(model_dir, queue_len=queue_len, threads=threads, precision=precision)
+        timing = Timing()
+        for result in track(Segmenter(backend, DEFAULT.replace(queue_len=queue_len)), clip, {0: (mask, None)}):
+            timing.add(result)
+        ms = float(np.min(timing.steady))
+        graphs = [r for r in subgraphs if r["export"] == label and r["precision"] == precision and
+                  r["graph"] in ("key_encoder", "value_encoder", f"decoder_T{queue_len}")]
+        floor = sum(r["floor_ms"] for r in graphs)
+        rows.append({"export": label, "precision": precision, "graph": f"frame (T={queue_len})",
+                     "gmac": round(sum(r["gmac"] for r in graphs), 3), "ms": round(ms, 2),
+                     "median_ms": round(float(np.median(timing.steady)), 2), "floor_ms": round(floor, 2),
+                     "ratio": round(ms / floor, 2)})
+    return rows
+
+
+def prefix_graph(content: bytes, last: int) -> bytes:
+    """The graph cut after op `last`: its outputs become the graph's outputs, later ops are dropped."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
+    for buffer in model.buffers or []:  # large or quantised models keep weights past the flatbuffer: inline them
+        if buffer.offset and buffer.offset > 1:
+            buffer.data = np.frombuffer(content, np.uint8, buffer.size, buffer.offset)
+            buffer.offset = buffer.size = 0
+    graph = model.subgraphs[0]
+    graph.operators = graph.operators[: last + 1]
+    graph.outputs = list(graph.operators[-1].outputs)
+    model.signatureDefs = []
+    builder = flatbuffers.Builder(len(content) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def op_rows(model_dir: Path, manifest, precision: str, threads: int, runs: int) -> list[dict]:
+    """Per-op milliseconds of every graph of one precision, by differences of prefix timings."""
+    from mvos.export.ops import graph_macs
+
+    rows = []
+    for entry in [f for f in manifest.files if f.precision == precision]:
+        content = (model_dir / entry.path).read_bytes()
+        ops = graph_macs(content)
+        previous = 0.0
+        for index, (name, macs) in enumerate(ops):
+            total = timed_ms(interpreter_runner(prefix_graph(content, index), threads), runs, 1)
+            rows.append({"precision": precision, "graph": entry.key, "op": index, "name": name,
+                         "mmac": round(macs / 1e6, 2), "ms": round(max(total - previous, 0.0), 3),
+                         "cumulative_ms": round(total, 2)})
+            previous = total
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    from mvos.runtime.io import atomic_path
+
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, required=True, help="an `mvos export` folder")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="an older export of the same weights to compare with, measured in the same run")
+    parser.add_argument("--queue-len", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--ops", action="store_true", help="also time every op (prefix cuts; minutes)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/realtime"))
+    args = parser.parse_args()
+
+    from mvos.runtime.manifest import Manifest
+
+    manifest = Manifest.read(args.model_dir)
+    rates = machine_rates(args.threads, args.runs)
+    print(f"this machine, {args.threads} threads, LiteRT/XNNPACK GEMM {GEMM}: fp32 {rates['fp32']:.0f} GFLOP/s, "
+          f"int8 {rates['int8']:.0f} GOP/s")
+    rows = []
+    if args.before is not None:
+        before = subgraph_rows(args.before, "before", args.threads, args.runs, rates)
+        rows += before + summed_frame_rows(before, args.queue_len)
+    now = subgraph_rows(args.model_dir, "now", args.threads, args.runs, rates)
+    rows += now + summed_frame_rows(now, args.queue_len)
+    rows += frame_rows(args.model_dir, "now", manifest, args.queue_len, args.threads, now)
+    print(f"{'export':<8}{'precision':<10}{'graph':<18}{'GMAC':>7}{'ms':>9}{'floor':>8}{'ratio':>7}")
+    for r in rows:
+        print(f"{r['export']:<8}{r['precision']:<10}{r['graph']:<18}{r['gmac']:>7.2f}{r['ms']:>9.1f}"
+              f"{r['floor_ms']:>8.1f}{r['ratio']:>7.2f}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_csv(args.out / "realtime.csv", [{**r, "threads": args.threads, "size": "x".join(map(str, manifest.input_size)),
+                                           "fp32_gflops": round(rates["fp32"], 1), "int8_gops": round(rates["int8"], 1)}
+                                          for r in rows])
+    print(f"wrote {args.out / 'realtime.csv'}")
+    if args.ops:
+        ops = [row for p in manifest.precisions() for row in op_rows(args.model_dir, manifest, p, args.threads, 3)]
+        write_csv(args.out / "ops.csv", ops)
+        slowest = sorted(ops, key=lambda r: -r["ms"])[:15]
+        print("slowest ops:")
+        for r in slowest:
+            print(f"  {r['precision']:<6}{r['graph']:<15}#{r['op']:<4}{r['name']:<20}{r['mmac']:>9.1f} MMAC {r['ms']:>7.2f} ms")
+        print(f"wrote {args.out / 'ops.csv'}")
+
+
+if __name__ == "__main__":
+    main()
