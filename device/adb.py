@@ -106,6 +106,10 @@ class Device(ABC):
         """Run a command; with merge_stderr its two streams come back interleaved in `stdout`."""
 
     @abstractmethod
+    def read_file(self, remote: str) -> bytes:
+        """The bytes of a file on the device (adb pull); a clear error when it is not there."""
+
+    @abstractmethod
     def _new_workdir(self) -> str:
         """An empty folder for pushed files (stale leftovers removed)."""
 
@@ -231,6 +235,14 @@ class AdbDevice(Device):
         r = self.shell_line("dumpsys battery")
         return parse_battery_temperature(r.stdout) if r.returncode == 0 else None
 
+    def read_file(self, remote: str) -> bytes:
+        import stat
+
+        info = self._call(self._d.sync.stat, remote)
+        if not stat.S_ISREG(info.mode):
+            raise MvosError(f"device {self.serial} has no file {remote}")
+        return b"".join(self._call(lambda: list(self._d.sync.iter_content(remote))))
+
     def _new_workdir(self) -> str:
         # a run that lost its phone could not clean up: start from an empty folder
         self.shell(["rm", "-rf", DEVICE_DIR])
@@ -284,6 +296,12 @@ class HostDevice(Device):
         except OSError as exc:
             raise MvosError(f"cannot run {argv[0]}: {exc.strerror}") from None
         return ShellResult(r.returncode, r.stdout, r.stderr or "")
+
+    def read_file(self, remote: str) -> bytes:
+        try:
+            return Path(remote).read_bytes()
+        except OSError as exc:
+            raise MvosError(f"this machine has no readable file {remote} ({exc.strerror})") from None
 
     def _new_workdir(self) -> str:
         return tempfile.mkdtemp(prefix="mvos-bench-")

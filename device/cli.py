@@ -55,8 +55,12 @@ def plot_outputs(plot_path: Path | None) -> list[Path]:
               help="Input size HxW of the exports.")
 @click.option("--objects", type=click.IntRange(min=1), default=1, show_default=True,
               help="Objects tracked: the value encoder runs once per object in the per-frame latency.")
-@click.option("--model-dir", required=True, type=click.Path(path_type=Path),
+@click.option("--model-dir", type=click.Path(path_type=Path), default=None,
               help="Folder of exports (one sub-folder per model); what is missing is exported first.")
+@click.option("--app", "from_app", is_flag=True,
+              help="Instead of running benchmark_model, pull the demo app's benchmark-mode CSV from the phone "
+                   "and add its rows (source app) to --out.")
+@click.option("--app-csv", default=None, help="Where the app wrote its CSV on the phone (default: the app's files folder).")
 @click.option("--out", "out_csv", required=True, type=click.Path(path_type=Path),
               help="Results CSV; an existing one needs --resume (add to it) or --overwrite.")
 @click.option("--benchmark-binary", type=click.Path(path_type=Path), default=None,
@@ -71,22 +75,79 @@ def plot_outputs(plot_path: Path | None) -> list[Path]:
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None, help="Also write the plots.")
 def bench_command(device_spec, variants, weights, random_weights, queue_len_text, use_gpu, threads, precision_text,
                   size_text,
-                  objects, model_dir, out_csv, benchmark_binary, num_runs, warmup_runs, op_profiling, timeout_s,
-                  resume, overwrite, no_verify, plot_path) -> None:
+                  objects, model_dir, from_app, app_csv, out_csv, benchmark_binary, num_runs, warmup_runs, op_profiling,
+                  timeout_s, resume, overwrite, no_verify, plot_path) -> None:
     """Per-frame latency (key encoder + value encoder + decoder) against memory queue length."""
     from mvos.device.adb import resolve_device
+    from mvos.device.app import APP_CSV, app_rows
     from mvos.device.plots import plot_results
     from mvos.device.results import per_frame_latency, read_results
+    from mvos.runtime.io import check_output
+
+    if resume and overwrite:
+        raise MvosError("--resume adds to the results CSV and --overwrite replaces it: choose one")
+    if from_app:
+        if model_dir is not None or variants or weights or benchmark_binary is not None:
+            raise MvosError("--app reads what the app measured: drop --model-dir, --variant, --weights and "
+                            "--benchmark-binary")
+        check_output(out_csv, overwrite=overwrite, merges=resume, merge_flag="--resume")
+        for path in plot_outputs(plot_path):
+            check_output(path, inputs=(out_csv,), overwrite=overwrite or resume, flag="--plot")
+        rows = app_rows(resolve_device(device_spec), app_csv or APP_CSV)
+        write_rows(out_csv, rows, replace=overwrite)
+        click.echo(f"{len(rows)} row(s) from the app written to {out_csv}")
+        labels = {row["variant"] for row in rows}
+        queue_lens = sorted({int(row["queue_len"]) for row in rows})
+    else:
+        if model_dir is None:
+            raise MvosError("--model-dir is required (where the exports to measure are kept), unless --app")
+        if app_csv is not None:
+            raise MvosError("--app-csv goes with --app")
+        labels, queue_lens = measure(device_spec, variants, weights, random_weights, queue_len_text, use_gpu,
+                                     threads, precision_text, size_text, model_dir, out_csv, benchmark_binary,
+                                     num_runs, warmup_runs, op_profiling, timeout_s, resume, overwrite, no_verify,
+                                     plot_path)
+
+    table = per_frame_latency(read_results(out_csv), objects=objects)
+    table = table[table["variant"].isin(labels) & table["queue_len"].isin(queue_lens)]
+    if not table.empty:
+        click.echo(f"\nper-frame latency (ms, {objects} object(s)):")
+        columns = ["variant", "precision", "delegate", "source", "queue_len", "key_encoder_ms", "value_encoder_ms",
+                   "decoder_ms", "frame_ms"]
+        if table["measured_frame_ms"].notna().any():
+            columns.append("measured_frame_ms")
+        click.echo(table[columns].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    if plot_path is not None:
+        for path in plot_results(out_csv, plot_path, objects=objects):
+            click.echo(f"wrote {path}")
+
+
+def write_rows(out_csv: Path, rows: list[dict], replace: bool) -> None:
+    """Add rows to the results CSV, or with `replace` make them its whole content (atomically either way)."""
+    from mvos.device.results import append_rows
+    from mvos.runtime.io import staging_path
+
+    if not replace:
+        append_rows(out_csv, rows)
+        return
+    fresh = staging_path(out_csv)
+    append_rows(fresh, rows)
+    os.replace(fresh, out_csv)
+
+
+def measure(device_spec, variants, weights, random_weights, queue_len_text, use_gpu, threads, precision_text,
+            size_text, model_dir, out_csv, benchmark_binary, num_runs, warmup_runs, op_profiling, timeout_s, resume,
+            overwrite, no_verify, plot_path) -> tuple[set[str], list[int]]:
+    """Export what is missing and run benchmark_model on every point; the labels and queue lengths measured."""
+    from mvos.device.adb import resolve_device
     from mvos.device.runner import SweepSettings, locate_benchmark_binary, run_points
     from mvos.export.exporter import ensure_exported
     from mvos.runtime.io import check_output, staging_path
     from mvos.runtime.loading import RANDOM, load_model
     from mvos.runtime.model import DEFAULT_VARIANT
 
-    if resume and overwrite:
-        raise MvosError("--resume adds to the results CSV and --overwrite replaces it: choose one")
     inputs = (*weights, benchmark_binary)
-    check_output(out_csv, inputs=(*inputs, model_dir), overwrite=overwrite, merges=resume)
+    check_output(out_csv, inputs=(*inputs, model_dir), overwrite=overwrite, merges=resume, merge_flag="--resume")
     for path in plot_outputs(plot_path):
         check_output(path, inputs=(*inputs, out_csv), overwrite=overwrite or resume, flag="--plot")
     queue_lens = parse_queue_lens((queue_len_text,))
@@ -126,16 +187,7 @@ def bench_command(device_spec, variants, weights, random_weights, queue_len_text
     else:
         written = run_points(device, points, out_csv, settings, resume=resume)
     click.echo(f"{written} measurement(s) written to {out_csv}" + (" (others already done)" if resume else ""))
-
-    table = per_frame_latency(read_results(out_csv), objects=objects)
-    table = table[table["variant"].isin(labels) & table["queue_len"].isin(queue_lens)]
-    if not table.empty:
-        click.echo(f"\nper-frame latency (ms, {objects} object(s)):")
-        click.echo(table[["variant", "precision", "delegate", "queue_len", "key_encoder_ms", "value_encoder_ms",
-                          "decoder_ms", "frame_ms"]].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    if plot_path is not None:
-        for path in plot_results(out_csv, plot_path, objects=objects):
-            click.echo(f"wrote {path}")
+    return labels, queue_lens
 
 
 @click.command("plot")

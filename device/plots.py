@@ -9,7 +9,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from mvos.device.results import per_frame_latency, read_results
+from mvos.device.results import APP_SOURCE, per_frame_latency, read_results
 from mvos.runtime.errors import MvosError
 from mvos.runtime.io import atomic_path
 from mvos.runtime.manifest import SUBGRAPHS
@@ -20,7 +20,8 @@ SUBGRAPH_COLORS = {"key_encoder": "#4c72b0", "value_encoder": "#dd8452", "decode
 
 
 def _series_label(row) -> str:
-    return f"{row['variant']} ({row['precision']}, {str(row['delegate']).upper()})"
+    app = ", app" if row.get("source") == APP_SOURCE else ""
+    return f"{row['variant']} ({row['precision']}, {str(row['delegate']).upper()}{app})"
 
 
 def _device_title(frame: pd.DataFrame, device: str) -> str:
@@ -48,12 +49,17 @@ def plot_latency(frames: pd.DataFrame, out: Path) -> Path:
         sub = frames[frames["device"] == device]
         for label, series in sub.groupby(sub.apply(_series_label, axis=1), sort=True):
             series = series.sort_values("queue_len")
-            ax.plot(series["queue_len"], series["frame_ms"], marker="o", linewidth=1.8, label=label)
+            line, = ax.plot(series["queue_len"], series["frame_ms"], marker="o", linewidth=1.8, label=label)
+            whole = series.dropna(subset=["measured_frame_ms"])
+            if not whole.empty:  # the app's camera-to-overlay time, beside the sum of its graphs
+                ax.plot(whole["queue_len"], whole["measured_frame_ms"], marker="x", markersize=9, linestyle="none",
+                        color=line.get_color(), label=f"{label}: whole frame")
         _realtime_line(ax)
         ax.set_title(_device_title(sub, device))
         ax.set_xlabel("memory queue length T (frames)")
         ax.set_ylabel("latency per frame (ms)")
-        ax.set_ylim(bottom=0, top=max(REALTIME_MS, sub["frame_ms"].max()) * 1.15)
+        top = max(REALTIME_MS, sub[["frame_ms", "measured_frame_ms"]].max().max())
+        ax.set_ylim(bottom=0, top=top * 1.15)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small", loc="best")
@@ -64,12 +70,12 @@ def plot_latency(frames: pd.DataFrame, out: Path) -> Path:
 
 def plot_subgraphs(frames: pd.DataFrame, out: Path) -> Path:
     """Stacked per-subgraph latency over T, one panel per device and variant/precision/delegate."""
-    panels = list(frames.groupby(["device", "variant", "precision", "delegate"], sort=True))
+    panels = list(frames.groupby(["device", "variant", "precision", "delegate", "source"], sort=True))
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
     fig = Figure(figsize=(5.2 * cols, 4.2 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax, ((device, variant, precision, delegate), sub) in zip(axes, panels):
+    for ax, ((device, *_), sub) in zip(axes, panels):
         sub = sub.sort_values("queue_len")
         x = [str(t) for t in sub["queue_len"]]
         bottom = pd.Series(0.0, index=sub.index)
@@ -78,7 +84,7 @@ def plot_subgraphs(frames: pd.DataFrame, out: Path) -> Path:
             ax.bar(x, height, bottom=bottom, color=SUBGRAPH_COLORS[name], label=SUBGRAPH_LABELS[name])
             bottom = bottom + height
         _realtime_line(ax)
-        title = f"{variant} ({precision}, {str(delegate).upper()})\n{_device_title(sub, device)}"
+        title = f"{_series_label(sub.iloc[0])}\n{_device_title(sub, device)}"
         ax.set_title(title, fontsize="medium")
         ax.set_xlabel("memory queue length T (frames)")
         ax.set_ylabel("latency (ms)")

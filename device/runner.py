@@ -81,6 +81,11 @@ def locate_benchmark_binary(device: Device, explicit: str | Path | None = None) 
     raise MvosError(missing_binary_message(key))
 
 
+def tool_name(binary: Path | None) -> str:
+    """Who measures (the results' `source`): the official binary, or the host tool when there is none."""
+    return "benchmark_model" if binary is not None else "litert-benchmark"
+
+
 def litert_benchmark_command() -> list[str]:
     """The host tool that ships with ai-edge-litert, run by module so PATH does not matter."""
     if importlib.util.find_spec("ai_edge_litert") is None or importlib.util.find_spec(LITERT_MODULE) is None:
@@ -216,7 +221,7 @@ class BenchmarkSession:
 
     @property
     def tool_name(self) -> str:
-        return "benchmark_model" if self.binary is not None else "litert-benchmark"
+        return tool_name(self.binary)
 
     def measure(self, spec: BenchSpec) -> BenchResult:
         signature = signature_flag_value(spec)
@@ -278,11 +283,12 @@ def run_points(
     killed or loses its phone keeps what it finished; with `resume`, points already in the CSV are
     skipped. Returns the number of rows written."""
     facts = device.facts()
+    binary = locate_benchmark_binary(device, settings.benchmark_binary)
+    source = tool_name(binary)
     done = finished_points(out_csv) if resume else set()
-    todo = [p for p in points if _key(facts, settings, p) not in done]
+    todo = [p for p in points if _key(facts, settings, p, source) not in done]
     if not todo:
         return 0
-    binary = locate_benchmark_binary(device, settings.benchmark_binary)
     written = 0
     with BenchmarkSession(device, binary) as session:
         with tqdm(total=len(todo), desc=f"bench {facts.model}", unit="model") as bar:
@@ -294,7 +300,7 @@ def run_points(
                     op_profiling=settings.op_profiling, timeout_s=settings.timeout_s,
                 )
                 result = session.measure(spec)
-                row = {**_key_columns(facts, settings, point), **result.as_row(), **settings.extra}
+                row = {**_key_columns(facts, settings, point, source), **result.as_row(), **settings.extra}
                 append_rows(out_csv, [row])
                 written += 1
                 bar.update(1)
@@ -303,11 +309,10 @@ def run_points(
     return written
 
 
-def _key_columns(facts: DeviceFacts, settings: SweepSettings, p: BenchPoint) -> dict[str, object]:
+def _key_columns(facts: DeviceFacts, settings: SweepSettings, p: BenchPoint, source: str) -> dict[str, object]:
     return {"device": facts.device_id, "variant": p.variant, "precision": p.precision,
-            "delegate": settings.delegate, "queue_len": int(p.queue_len), "subgraph": p.subgraph}
+            "delegate": settings.delegate, "queue_len": int(p.queue_len), "subgraph": p.subgraph, "source": source}
 
 
-def _key(facts: DeviceFacts, settings: SweepSettings, p: BenchPoint) -> tuple:
-    return point_key(_key_columns(facts, settings, p))
-
+def _key(facts: DeviceFacts, settings: SweepSettings, p: BenchPoint, source: str) -> tuple:
+    return point_key(_key_columns(facts, settings, p, source))

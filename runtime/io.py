@@ -262,11 +262,12 @@ def _resolved(path: str | Path) -> Path:
 
 
 def check_output(path: str | Path, *, inputs: tuple = (), overwrite: bool = False, merges: bool = False,
-                 flag: str = "--out") -> Path:
+                 flag: str = "--out", merge_flag: str | None = None) -> Path:
     """Applies the output policy to `path` before anything is computed; returns it.
 
     Refused with one line: an output that is, contains or lies inside one of `inputs` (whatever the flags);
-    an existing non-empty output without `overwrite`, unless the command merges into its own earlier output.
+    an existing non-empty output without `overwrite`, unless the command merges into its own earlier output
+    (`merges`, which `merge_flag` names in the refusal).
     """
     path = Path(path)
     out = _resolved(path)
@@ -286,7 +287,9 @@ def check_output(path: str | Path, *, inputs: tuple = (), overwrite: bool = Fals
         return path
     if not overwrite:
         kind = "folder" if path.is_dir() else "file"
-        raise MvosError(f"{flag} {path} is an existing {kind}: pass --overwrite to replace it, or choose another path")
+        add = f"{merge_flag} to add to it, " if merge_flag else ""
+        raise MvosError(f"{flag} {path} is an existing {kind}: pass {add}--overwrite to replace it, "
+                        "or choose another path")
     return path
 
 

@@ -5,7 +5,7 @@ OPEN/OKAY/WRTE/CLSE), so mvos.device is exercised exactly as it is against a pho
 Services: `shell:` (v1, output and exit code as a phone's shell gives them) and `shell,v2:` (framed
 stdout/stderr/exit), `sync:` (STAT/LIST/SEND/RECV/DATA/DONE/QUIT). Shell commands run locally with
 /bin/sh inside a sandbox folder that plays the phone's filesystem: `/data/local/tmp` is mapped into it
-(paths are rewritten in commands and back in output), and `getprop` / `dumpsys SurfaceFlinger` /
+(paths are rewritten in commands and back in output), and so is `/sdcard`, where apps keep files adb can pull, and `getprop` / `dumpsys SurfaceFlinger` /
 `dumpsys battery` answer from configurable properties. It listens on 127.0.0.1 only, stops by itself
 after `idle_timeout` seconds without traffic, and `drop()` resets every connection at once to play a
 phone that was unplugged mid-run.
@@ -40,6 +40,8 @@ SYNC_CHUNK = 64 * 1024
 V2_STDOUT, V2_STDERR, V2_EXIT = 1, 2, 3
 
 PHONE_TMP = "/data/local/tmp"
+SDCARD = "/sdcard"
+MAPPED = (PHONE_TMP, SDCARD)  # the phone folders the sandbox holds
 
 DEFAULT_PROPS = {
     "ro.product.model": "SM-S901B",
@@ -270,7 +272,8 @@ class AdbdSimulator:
         self._last_activity = time.monotonic()
         self._sim_dir = self.root / ".sim"
         self._bin_dir = self._sim_dir / "bin"
-        (self.root / PHONE_TMP.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        for folder in MAPPED:
+            (self.root / folder.lstrip("/")).mkdir(parents=True, exist_ok=True)
         self._bin_dir.mkdir(parents=True, exist_ok=True)
         self._write_files(battery_temp_c)
 
@@ -386,17 +389,21 @@ class AdbdSimulator:
 
     # ---- phone filesystem --------------------------------------------------------------------
     def local_path(self, phone_path: str) -> Path | None:
-        """Where a phone path lives in the sandbox; None outside /data/local/tmp (not writable for shell)."""
+        """Where a phone path lives in the sandbox; None outside the mapped folders (not writable for shell)."""
         norm = posixpath.normpath(phone_path)
-        if norm != PHONE_TMP and not norm.startswith(PHONE_TMP + "/"):
+        if not any(norm == folder or norm.startswith(folder + "/") for folder in MAPPED):
             return None
         return self.root / norm.lstrip("/")
 
     def _to_local_text(self, text: str) -> str:
-        return text.replace(PHONE_TMP, str(self.root) + PHONE_TMP)
+        for folder in MAPPED:
+            text = text.replace(folder, str(self.root) + folder)
+        return text
 
     def _to_phone_bytes(self, data: bytes) -> bytes:
-        return data.replace((str(self.root) + PHONE_TMP).encode(), PHONE_TMP.encode())
+        for folder in MAPPED:
+            data = data.replace((str(self.root) + folder).encode(), folder.encode())
+        return data
 
     # ---- services ----------------------------------------------------------------------------
     def handler_for(self, service: str):

@@ -3,6 +3,9 @@ phone-side failures (unknown device, no benchmark binary) through the adb simula
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -89,3 +92,51 @@ def test_plot_of_a_missing_or_foreign_csv(capsys, tmp_path):
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     foreign = run_mvos(capsys, "plot", tmp_path / "other.csv", "--out", tmp_path / "f.png")
     assert foreign.code == 2 and "not a results CSV" in foreign.err
+
+
+APP_FIXTURE = Path(__file__).parent / "data" / "app_benchmark.csv"  # written by the app's Kotlin core (JVM test)
+
+
+def test_bench_pulls_the_apps_benchmark_csv_beside_benchmark_model(capsys, no_user_config, adbsim_phones, tmp_path):
+    from mvos.device.app import APP_CSV
+
+    sim = adbsim_phones("s22")
+    results = tmp_path / "results.csv"
+    missing = run_mvos(capsys, "bench", "--device", sim.address, "--app", "--out", results)
+    assert missing.code == 2 and APP_CSV in missing.err and not results.exists()
+
+    on_phone = sim.local_path(APP_CSV)
+    on_phone.parent.mkdir(parents=True)
+    shutil.copyfile(APP_FIXTURE, on_phone)
+    # results benchmark_model measured earlier on the same phone, for the same model
+    earlier = pd.read_csv(APP_FIXTURE)
+    earlier = earlier[earlier["subgraph"] != "frame"].assign(device="R5CT1234SIM", source="benchmark_model",
+                                                             avg_us=lambda d: d["avg_us"] * 0.8)
+    earlier.to_csv(results, index=False)
+    refused = run_mvos(capsys, "bench", "--device", sim.address, "--app", "--out", results)
+    assert refused.code == 2 and "--resume" in refused.err
+
+    pulled = run_mvos(capsys, "bench", "--device", sim.address, "--app", "--out", results, "--resume",
+                      "--objects", "2", "--plot", tmp_path / "fig.png")
+    assert pulled.code == 0, pulled.err
+    assert "4 row(s) from the app" in pulled.out
+    rows = pd.read_csv(results)
+    app = rows[rows["source"] == "app"]
+    # the phone is named as adb names it (an app cannot read the serial), the rest is the app's
+    assert set(app["device"]) == {"R5CT1234SIM"} and set(app["device_model"]) == {"SM-S901B"}
+    assert sorted(app["subgraph"]) == ["decoder", "frame", "key_encoder", "value_encoder"]
+    assert app.set_index("subgraph")["avg_us"].to_dict() == {
+        "key_encoder": 9500.0, "value_encoder": 6500.0, "decoder": 10500.0, "frame": 36500.0}
+    # per-frame latency of both sources: 9.5 + 2 x 6.5 + 10.5 = 33 ms for the app's graphs, 36.5 ms whole
+    assert "measured_frame_ms" in pulled.out and "36.50" in pulled.out and "33.00" in pulled.out
+    assert "26.40" in pulled.out  # benchmark_model's rows, 0.8x
+    assert (tmp_path / "fig.png").stat().st_size > 10_000 and (tmp_path / "fig_subgraphs.png").is_file()
+
+    not_app = tmp_path / "not_app.csv"
+    earlier.to_csv(not_app, index=False)
+    shutil.copyfile(not_app, on_phone)
+    foreign = run_mvos(capsys, "bench", "--device", sim.address, "--app", "--out", tmp_path / "x.csv")
+    assert foreign.code == 2 and "not the app's benchmark CSV" in foreign.err
+    mixed = run_mvos(capsys, "bench", "--device", sim.address, "--app", "--model-dir", tmp_path, "--out",
+                     tmp_path / "x.csv")
+    assert mixed.code == 2 and "--app" in mixed.err

@@ -22,9 +22,9 @@ from mvos.device.runner import BenchPoint, SweepSettings, run_points
 from mvos.runtime.errors import MvosError
 
 
-def row(subgraph, T, avg_us, variant="mvos-lite", device="R5CT", delegate="gpu", **extra):
+def row(subgraph, T, avg_us, variant="mvos-lite", device="R5CT", delegate="gpu", source="benchmark_model", **extra):
     return {"device": device, "variant": variant, "precision": "fp16", "delegate": delegate, "queue_len": T,
-            "subgraph": subgraph, "avg_us": avg_us, **extra}
+            "subgraph": subgraph, "source": source, "avg_us": avg_us, **extra}
 
 
 def sweep_rows(variant, key_us, value_us, decoder_us_by_T, **extra):
@@ -42,8 +42,8 @@ def test_append_read_and_finished_points(tmp_path):
     assert list(df["subgraph"]) == ["key_encoder", "decoder"]
     assert df["std_us"].isna().tolist() == [True, False]
     assert finished_points(csv) == {
-        ("R5CT", "mvos-lite", "fp16", "gpu", 0, "key_encoder"),
-        ("R5CT", "mvos-lite", "fp16", "gpu", 4, "decoder"),
+        ("R5CT", "mvos-lite", "fp16", "gpu", 0, "key_encoder", "benchmark_model"),
+        ("R5CT", "mvos-lite", "fp16", "gpu", 4, "decoder", "benchmark_model"),
     }
     assert list(tmp_path.joinpath("out").iterdir()) == [csv]  # no temporary file left behind
 
@@ -76,6 +76,13 @@ def test_bad_results_files(tmp_path):
     other.write_text("device,variant,precision,delegate,queue_len,subgraph\nd,v,fp16,gpu,four,decoder\n")
     with pytest.raises(MvosError, match="queue_len must be a whole number"):
         finished_points(other)
+
+
+def test_results_from_before_the_source_column_read_as_benchmark_model(tmp_path):
+    old = tmp_path / "old.csv"
+    old.write_text("device,variant,precision,delegate,queue_len,subgraph,avg_us\nd,v,fp16,gpu,0,key_encoder,5.0\n")
+    assert read_results(old)["source"].tolist() == ["benchmark_model"]
+    assert finished_points(old) == {("d", "v", "fp16", "gpu", 0, "key_encoder", "benchmark_model")}
 
 
 def test_per_frame_latency_rule():
