@@ -25,7 +25,7 @@ from mvos.runtime.settings import DEFAULT, DEFAULT_EXPORT_SIZE
               help="A real clip and its first-frame mask to calibrate int8 on and to check every precision "
                    "against PyTorch with (repeatable; default: the examples/ clips of a source checkout).")
 @click.option("--max-objects", type=int, default=1, show_default=True,
-              help="Objects per decoder call (soft aggregation in the graph when > 1).")
+              help="Objects per decoder call (more are run in chunks, fewer zero-padded).")
 @click.option("--top-k", type=click.IntRange(min=1), default=None, help="Top-k memory read (off by default).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Export folder (manifest.json, <precision>/*.tflite); re-running adds missing pieces.")

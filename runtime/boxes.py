@@ -38,23 +38,36 @@ def check_box(box: tuple[int, int, int, int], frame_size: tuple[int, int]) -> tu
     return box
 
 
+def grabcut_geometry(frame_size: tuple[int, int], box: tuple[int, int, int, int]):
+    """Where GrabCut runs for `box` on a frame of `frame_size` (H, W): the (H, W) it is shrunk to (at most
+    MAX_SIDE on the long side) and the x, y, w, h rectangle there. The Android app follows this (golden test)."""
+    height, width = frame_size
+    scale = min(1.0, MAX_SIDE / max(height, width))
+    size = (height, width) if scale == 1.0 else (round(height * scale), round(width * scale))
+    x0, y0, x1, y1 = (round(v * scale) for v in box)
+    return size, (x0, y0, max(1, x1 - x0), max(1, y1 - y0))
+
+
 def grabcut(frame: np.ndarray, box: tuple[int, int, int, int], iterations: int = GRABCUT_ITERATIONS) -> np.ndarray:
     """bool H,W: GrabCut's (probable) foreground inside `box` of an RGB uint8 frame."""
     height, width = frame.shape[:2]
-    scale = min(1.0, MAX_SIDE / max(height, width))
-    image = frame if scale == 1.0 else cv2.resize(frame, (round(width * scale), round(height * scale)),
-                                                  interpolation=cv2.INTER_AREA)
-    x0, y0, x1, y1 = (round(v * scale) for v in box)
-    rect = (x0, y0, max(1, x1 - x0), max(1, y1 - y0))
+    size, rect = grabcut_geometry((height, width), box)
+    image = frame if size == (height, width) else cv2.resize(frame, size[::-1], interpolation=cv2.INTER_AREA)
     labels = np.zeros(image.shape[:2], np.uint8)
     background, foreground = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.setRNGSeed(0)  # GrabCut's k-means start: the same mask every run
     cv2.grabCut(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), labels, rect, background, foreground, iterations,
                 cv2.GC_INIT_WITH_RECT)
     mask = np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
-    if scale != 1.0:
+    if size != (height, width):
         mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
     return mask.astype(bool)
+
+
+def paint_order(boxes: list[tuple[int, int, int, int]]) -> list[int]:
+    """Indices of `boxes`, largest first: later (smaller) boxes win where objects overlap."""
+    area = lambda b: (b[2] - b[0]) * (b[3] - b[1])  # noqa: E731
+    return sorted(range(len(boxes)), key=lambda i: -area(boxes[i]))
 
 
 def mask_from_boxes(frame: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
@@ -66,8 +79,7 @@ def mask_from_boxes(frame: np.ndarray, boxes: list[tuple[int, int, int, int]]) -
         raise MvosError(f"at most 255 boxes, got {len(boxes)}")
     boxes = [check_box(box, frame.shape[:2]) for box in boxes]
     ids = np.zeros(frame.shape[:2], np.uint8)
-    area = lambda b: (b[2] - b[0]) * (b[3] - b[1])  # noqa: E731
-    for index in sorted(range(len(boxes)), key=lambda i: -area(boxes[i])):
+    for index in paint_order(boxes):
         found = grabcut(frame, boxes[index])
         if not found.any():
             x0, y0, x1, y1 = boxes[index]
