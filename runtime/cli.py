@@ -57,8 +57,10 @@ def segment_command(input_path: Path, mask_path: Path | None, box_texts: tuple[s
     """Segment the objects of a first-frame mask (or boxes) through a video file or a folder of frames."""
     from mvos.runtime.boxes import parse_box
 
-    if (mask_path is None) == (not box_texts):
-        raise MvosError("give the objects with --mask MASK.png or with --box X0,Y0,X1,Y1 (one per object), not both")
+    if mask_path is None and not box_texts:
+        raise MvosError("missing the objects: give --mask MASK.png or --box X0,Y0,X1,Y1 (one per object)")
+    if mask_path is not None and box_texts:
+        raise MvosError("give the objects with --mask or with --box, not both")
     boxes = [parse_box(text) for text in box_texts]
     weights = options.get("weights")
     inputs = (input_path, mask_path, None if weights == "random" else weights, options.get("model_dir"))

@@ -194,7 +194,8 @@ def test_check_output_rules(tmp_path):
     (["segment", "x", "--mask", "m", "--out", "o", "--queue-len", "25"], "'--queue-len': 25 is not in the range"),
     (["segment", "x", "--mask", "m", "--out", "o", "--size", "abc"], "'--size'"),
     (["segment", "x", "--mask", "m", "--out", "o", "--variant", "nope"], "'--variant'"),
-    (["segment", "x", "--out", "o"], "Missing option '--mask'"),
+    (["segment", "x", "--out", "o"], "missing the objects: give --mask MASK.png or --box"),
+        (["segment", "x", "--out", "o", "--mask", "m", "--box", "1,2,3,4"], "not both"),
     (["nosuch"], "No such command"),
 ])
 def test_click_usage_errors_are_one_line(capsys, args, expected):
