@@ -1,0 +1,142 @@
+package org.mobilevos.core
+
+/**
+ * One exported graph as the engine sees it: float inputs by name in, float outputs by name out (an int8 graph's
+ * runner quantises and dequantises with its [TensorSpec]s; see [Quantization]). The app runs LiteRT behind this;
+ * the tests replay outputs the Python engine recorded.
+ */
+fun interface SubgraphRunner {
+    fun run(inputs: Map<String, FloatArray>): Map<String, FloatArray>
+}
+
+class FrameResult(
+    val probs: Array<FloatArray>, // 1+N maps at the camera's size: background, then the objects in [objectIds] order
+    val labels: ByteArray, // object ids at the camera's size
+    val millis: Map<String, Double>, // time in each graph this frame (the value encoder summed over objects)
+)
+
+/**
+ * The per-frame engine of `mvos.runtime.inference.Segmenter` for the objects given on one frame: pre-processing,
+ * the three graphs, the fixed-queue memory and soft aggregation, step for step as the Python engine.
+ */
+class Engine(
+    val manifest: Manifest,
+    val queueLen: Int,
+    private val keyEncoder: SubgraphRunner,
+    private val valueEncoder: SubgraphRunner,
+    private val decoder: SubgraphRunner,
+) {
+    private val h = manifest.featureSize[0]
+    private val w = manifest.featureSize[1]
+    private val keySize = manifest.keyDim * h * w
+    private val valueSize = h * w * manifest.valueDim
+    var objectIds: List<Int> = emptyList()
+        private set
+    var memory: FixedQueueMemory? = null
+        private set
+    var frameIndex = 0
+        private set
+
+    init {
+        MemoryProtocol.checkQueueLen(queueLen)
+    }
+
+    fun reset() {
+        objectIds = emptyList()
+        memory = null
+        frameIndex = 0
+    }
+
+    /** [rgb]: H x W x 3 bytes. [mask]: H x W object ids, on the frame the objects are given (first step only). */
+    fun step(rgb: ByteArray, height: Int, width: Int, mask: ByteArray? = null): FrameResult {
+        require(rgb.size == height * width * 3) { "frame $frameIndex: expected ${height}x${width}x3 RGB bytes" }
+        val millis = LinkedHashMap<String, Double>()
+        val g = Geometry.forFrame(height, width, manifest.inputSize[0], manifest.inputSize[1])
+        val frame = Preprocess.frame(rgb, g, manifest.mean, manifest.std)
+        val features = timed(millis, "key_encoder") { keyEncoder.run(mapOf("frame" to frame)) }
+
+        var objectProbs = predict(features, millis)
+        if (mask != null) {
+            require(mask.size == height * width) { "frame $frameIndex: the mask is not ${height}x${width}" }
+            require(memory == null) { "objects are given once (reset to start again)" }
+            val ids = mask.map { it.toInt() and 0xFF }.filter { it != 0 }.distinct().sorted()
+            require(ids.isNotEmpty()) { "frame $frameIndex: the mask marks no object" }
+            objectIds = ids
+            objectProbs = Preprocess.given(mask, ids, g)
+            memory = FixedQueueMemory(queueLen, keySize, valueSize * ids.size)
+        }
+        require(objectIds.isNotEmpty()) { "frame $frameIndex: no objects to track yet (give a mask)" }
+        val probs = Postprocess.softAggregate(objectProbs)
+        memorise(features, probs.copyOfRange(1, probs.size), millis)
+        frameIndex++
+        val restored = Postprocess.restore(probs, g)
+        return FrameResult(restored, Postprocess.labels(restored, objectIds), millis)
+    }
+
+    private fun predict(features: Map<String, FloatArray>, millis: MutableMap<String, Double>): Array<FloatArray> {
+        val memory = memory ?: return emptyArray()
+        val n = objectIds.size
+        val maxObjects = manifest.maxObjects
+        val cv = manifest.valueDim
+        val pixels = manifest.inputSize[0] * manifest.inputSize[1]
+        val out = ArrayList<FloatArray>()
+        var start = 0
+        while (start < n) { // the graph takes exactly maxObjects: fewer are zero-padded, more run in chunks
+            val count = minOf(maxObjects, n - start)
+            val values = FloatArray(queueLen * h * w * maxObjects * cv)
+            for (slot in 0 until queueLen) for (p in 0 until h * w) {
+                memory.values.copyInto(values, ((slot * h * w + p) * maxObjects) * cv,
+                    ((slot * h * w + p) * n + start) * cv, ((slot * h * w + p) * n + start + count) * cv)
+            }
+            val logits = timed(millis, "decoder") {
+                decoder.run(mapOf("key" to features.getValue("key"), "value" to features.getValue("value"),
+                    "f8" to features.getValue("f8"), "f4" to features.getValue("f4"),
+                    "mem_keys" to memory.keys, "mem_values" to values))
+            }.getValue("logits") // maxObjects x H x W x 1
+            for (o in 0 until count) out.add(Postprocess.sigmoid(logits.copyOfRange(o * pixels, (o + 1) * pixels)))
+            start += count
+        }
+        return out.toTypedArray()
+    }
+
+    private fun memorise(features: Map<String, FloatArray>, objectProbs: Array<FloatArray>,
+                         millis: MutableMap<String, Double>) {
+        val memory = memory ?: return
+        if (!memory.wants()) return
+        val others = MemoryProtocol.others(objectProbs)
+        val n = objectProbs.size
+        val cv = manifest.valueDim
+        val stacked = FloatArray(valueSize * n) // h x w x n*Cv: object o on channels o*Cv..(o+1)*Cv
+        for (o in 0 until n) {
+            val value = timed(millis, "value_encoder") {
+                valueEncoder.run(mapOf("f16" to features.getValue("f16"), "mask" to objectProbs[o], "others" to others[o]))
+            }.getValue("value")
+            for (p in 0 until h * w) value.copyInto(stacked, (p * n + o) * cv, p * cv, (p + 1) * cv)
+        }
+        memory.write(features.getValue("key"), stacked, frameIndex)
+    }
+
+    private inline fun <T> timed(millis: MutableMap<String, Double>, name: String, block: () -> T): T {
+        val start = System.nanoTime()
+        val result = block()
+        millis[name] = (millis[name] ?: 0.0) + (System.nanoTime() - start) / 1e6
+        return result
+    }
+}
+
+/** int8 graph edges: real = scale * (q - zeroPoint), as `TensorSpec.to_graph` / `from_graph` in Python. */
+object Quantization {
+    fun quantize(spec: TensorSpec, real: FloatArray, into: ByteArray) {
+        val scale = spec.scale!!
+        val zero = spec.zeroPoint!!
+        for (i in real.indices) {
+            into[i] = (Math.rint((real[i] / scale).toDouble()) + zero).coerceIn(-128.0, 127.0).toInt().toByte()
+        }
+    }
+
+    fun dequantize(spec: TensorSpec, q: ByteArray, into: FloatArray) {
+        val scale = spec.scale!!
+        val zero = spec.zeroPoint!!
+        for (i in q.indices) into[i] = (q[i] - zero) * scale
+    }
+}

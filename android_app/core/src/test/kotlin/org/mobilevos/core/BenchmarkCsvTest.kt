@@ -1,0 +1,35 @@
+package org.mobilevos.core
+
+import java.io.File
+import java.nio.file.Files
+import kotlin.test.Test
+import kotlin.test.assertEquals
+
+/**
+ * The benchmark mode's CSV, written from fixed timings: it must be exactly the fixture the Python side reads
+ * (tests/data/app_benchmark.csv, pulled through the adb simulator by `mvos bench --app`). Set
+ * MVOS_UPDATE_FIXTURES=1 to rewrite the fixture after a deliberate format change.
+ */
+class BenchmarkCsvTest {
+    @Test
+    fun writesRowsMvosBenchReads() {
+        val recorder = BenchmarkRecorder("R5CT12345", "SM-S901B", "mobilenetv2", "int8", "gpu", 2, 4, "1280x720")
+        val probs = Array(3) { FloatArray(1) } // background + 2 objects
+        for (frame in 0 until 4) {
+            val millis = mapOf("key_encoder" to 8.0 + frame, "value_encoder" to 10.0 + 2 * frame, "decoder" to 12.0 - frame)
+            recorder.add(FrameResult(probs, ByteArray(1), millis), frameMillis = 35.0 + frame)
+        }
+        assertEquals(4, recorder.frames)
+        val out = File(Files.createTempDirectory("app").toFile(), "benchmark.csv")
+        recorder.write(out, measuredAt = "2026-12-02T10:00:00Z")
+        val fixture = File(System.getProperty("mvos.repo", "../.."), "tests/data/app_benchmark.csv")
+        if (System.getenv("MVOS_UPDATE_FIXTURES") == "1") out.copyTo(fixture, overwrite = true)
+        assertEquals(fixture.readText(), out.readText())
+        val header = out.readLines().first().split(",")
+        assertEquals(BenchmarkRecorder.COLUMNS, header)
+        // the value encoder per call: two objects share 10..16 ms per frame
+        val value = out.readLines().first { it.contains(",value_encoder,") }.split(",")
+        assertEquals("6500.0", value[header.indexOf("avg_us")])
+        assertEquals("0", value[header.indexOf("queue_len")])
+    }
+}

@@ -1,0 +1,48 @@
+package org.mobilevos.core
+
+import java.io.File
+import java.nio.ByteBuffer
+import java.nio.ByteOrder
+
+/** The golden vectors android_app/scripts/make_golden.py recorded from the Python engine (test resources). */
+object Golden {
+    val dir: File = File(Golden::class.java.getResource("/golden/index.json")!!.toURI()).parentFile
+
+    @Suppress("UNCHECKED_CAST")
+    val index = Json.parse(File(dir, "index.json").readText()) as Map<String, Any?>
+
+    val manifest: Manifest by lazy { Manifest.read(File(dir, "export")) }
+
+    @Suppress("UNCHECKED_CAST")
+    val frames = index["frames"] as List<Map<String, Any?>>
+
+    @Suppress("UNCHECKED_CAST")
+    val calls = index["calls"] as List<Map<String, Any?>>
+
+    val queueLen = (index["queue_len"] as Long).toInt()
+
+    fun shape(entry: Any?): IntArray = ((entry as Map<*, *>)["shape"] as List<*>).map { (it as Long).toInt() }.toIntArray()
+
+    private fun raw(entry: Any?): ByteArray = File(dir, (entry as Map<*, *>)["file"] as String).readBytes()
+
+    fun floats(entry: Any?): FloatArray {
+        val buffer = ByteBuffer.wrap(raw(entry)).order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer()
+        return FloatArray(buffer.remaining()).also { buffer.get(it) }
+    }
+
+    fun bytes(entry: Any?): ByteArray = raw(entry)
+
+    /** Channel-planar maps (C x H x W) of a C,H,W array. */
+    fun planes(entry: Any?): Array<FloatArray> {
+        val (c, h, w) = shape(entry)
+        val data = floats(entry)
+        return Array(c) { data.copyOfRange(it * h * w, (it + 1) * h * w) }
+    }
+
+    fun maxDiff(a: FloatArray, b: FloatArray): Float {
+        require(a.size == b.size) { "sizes ${a.size} and ${b.size}" }
+        var worst = 0f
+        for (i in a.indices) worst = maxOf(worst, kotlin.math.abs(a[i] - b[i]))
+        return worst
+    }
+}

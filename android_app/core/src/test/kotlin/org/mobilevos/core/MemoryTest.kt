@@ -1,0 +1,43 @@
+package org.mobilevos.core
+
+import kotlin.test.Test
+import kotlin.test.assertContentEquals
+import kotlin.test.assertEquals
+import kotlin.test.assertFailsWith
+import kotlin.test.assertFalse
+
+class MemoryTest {
+    @Test
+    fun slotsFollowTheProtocol() {
+        assertEquals(listOf(1, 2, 1, 2, 1), (0 until 5).map { MemoryProtocol.writeSlot(it, 3) })
+        assertEquals(null, MemoryProtocol.writeSlot(4, 1))
+        assertContentEquals(intArrayOf(0, 3, 2), MemoryProtocol.slotFrames(3, 3))
+    }
+
+    @Test
+    fun theReferenceFillsEverySlotThenTheRingTurns() {
+        val memory = FixedQueueMemory(3, keySize = 2, valueSize = 1)
+        for (frame in 0 until 6) {
+            memory.write(floatArrayOf(frame.toFloat(), -frame.toFloat()), floatArrayOf(frame * 10f), frame)
+            assertContentEquals(MemoryProtocol.slotFrames(frame, 3), memory.frameOfSlot)
+        }
+        assertContentEquals(floatArrayOf(0f, -0f, 5f, -5f, 4f, -4f), memory.keys)
+        assertContentEquals(floatArrayOf(0f, 50f, 40f), memory.values)
+    }
+
+    @Test
+    fun queueLengthOneKeepsOnlyTheReference() {
+        val memory = FixedQueueMemory(1, 1, 1)
+        memory.write(floatArrayOf(1f), floatArrayOf(1f), 0)
+        assertFalse(memory.wants())
+        memory.write(floatArrayOf(2f), floatArrayOf(2f), 1)
+        assertContentEquals(intArrayOf(0), memory.frameOfSlot)
+        assertFailsWith<IllegalArgumentException> { FixedQueueMemory(21, 1, 1) }
+    }
+
+    @Test
+    fun othersIsTheClampedSumOfTheOtherObjects() {
+        val others = MemoryProtocol.others(arrayOf(floatArrayOf(0.7f), floatArrayOf(0.6f), floatArrayOf(0.1f)))
+        assertEquals(listOf(0.7f, 0.8f, 1f), others.map { it[0] }.map { Math.round(it * 1e5f) / 1e5f })
+    }
+}

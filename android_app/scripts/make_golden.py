@@ -1,0 +1,155 @@
+"""Golden vectors for the Android core's tests: what the Python engine computes, stage by stage, when it runs an
+export of the shipped default weights on a short real clip through the TFLite runtime.
+
+Written into android_app/core/src/test/resources/golden/ (index.json + little-endian .bin arrays):
+  export/manifest.json            the export's manifest (the Kotlin tests parse the real thing)
+  frames[t]: camera RGB bytes, the prepared key-encoder input, the memory after the frame (which frame each
+             slot holds, keys and values in the graphs' layouts), the label map, and (frames 1 and 3) the 1+N
+             probabilities at the camera's size
+  calls[k]:  every graph call in order with its float inputs and outputs, for the Kotlin engine to replay
+  box_prompt: where GrabCut runs for dragged boxes (mvos.runtime.boxes) on frames of several sizes
+
+The clip is examples/dog.mp4, four frames shrunk to a 192x108 "camera", with three objects (the dog of
+examples/dog_00000.png, the person and the leash by GrabCut); the export is 64x112 with T=3 and two objects
+per decoder call, so the frame is resized and padded, the ring of recent slots wraps, and the decoder both
+chunks and pads objects. Run from the repository root (a few minutes; it exports first):
+
+    python android_app/scripts/make_golden.py [--weights CKPT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+OUT = REPO / "android_app" / "core" / "src" / "test" / "resources" / "golden"
+SIZE, QUEUE_LEN, MAX_OBJECTS, FRAMES, CAMERA = (64, 112), 3, 2, 4, (108, 192)
+BOXES = [(150, 145, 300, 372), (365, 325, 490, 400)]  # the person, the leash (x0, y0, x1, y1 at 854x480)
+
+
+class Writer:
+    """Arrays as little-endian .bin files, each distinct content once (the key encoder's outputs come back as
+    every decoder call's inputs, f16 with every value-encoder call)."""
+
+    def __init__(self, root: Path):
+        self.root, self.files = root, {}
+
+    def array(self, value: np.ndarray) -> dict:
+        """Saves an array, returns its index entry."""
+        value = np.ascontiguousarray(value)
+        dtype = {np.dtype(np.float32): "float32", np.dtype(np.uint8): "uint8", np.dtype(np.int32): "int32"}[value.dtype]
+        data = value.astype(value.dtype.newbyteorder("<")).tobytes()
+        name = self.files.get(data)
+        if name is None:
+            name = self.files[data] = f"a{len(self.files):04d}.bin"
+            (self.root / name).write_bytes(data)
+        return {"file": name, "shape": list(value.shape), "dtype": dtype}
+
+
+class Recorder:
+    """A SubgraphRunner stand-in that records every call's float inputs and outputs."""
+
+    def __init__(self, runner, graph: str, calls: list, writer: Writer, frame: list[int]):
+        self.runner, self.graph, self.calls, self.writer, self.frame = runner, graph, calls, writer, frame
+
+    def __call__(self, **inputs):
+        outputs = self.runner(**inputs)
+        self.calls.append({"graph": self.graph, "frame": self.frame[0],
+                           "inputs": {k: self.writer.array(np.asarray(v, np.float32)) for k, v in inputs.items()},
+                           "outputs": {k: self.writer.array(np.asarray(v, np.float32)) for k, v in outputs.items()}})
+        return outputs
+
+
+def clip() -> tuple[list[np.ndarray], np.ndarray]:
+    from mvos.runtime.boxes import mask_from_boxes
+    from mvos.runtime.io import open_frames, read_mask
+
+    source = open_frames(REPO / "examples" / "dog.mp4")
+    frames = [frame for _, frame in zip(range(FRAMES), source)]
+    mask = read_mask(REPO / "examples" / "dog_00000.png")
+    extra = mask_from_boxes(frames[0], BOXES)
+    mask = np.where(mask > 0, mask, np.where(extra > 0, extra + 1, 0)).astype(np.uint8)  # dog 1, person 2, leash 3
+    camera = [cv2.resize(f, CAMERA[::-1], interpolation=cv2.INTER_AREA) for f in frames]
+    small = cv2.resize(mask, CAMERA[::-1], interpolation=cv2.INTER_NEAREST)
+    assert sorted(np.unique(small)) == [0, 1, 2, 3], "every object must survive the shrink to the camera size"
+    return camera, small
+
+
+def box_prompt() -> dict:
+    """The GrabCut settings and geometry the app must follow: shrink, rectangles (Python's round, half to even)
+    and which box wins where they overlap."""
+    from mvos.runtime.boxes import GRABCUT_ITERATIONS, MAX_SIDE, grabcut_geometry, paint_order
+
+    cases = []
+    for frame_size, box in [((480, 854), BOXES[0]), ((1080, 1920), (101, 203, 1501, 1077)),
+                            ((720, 1280), (6, 10, 803, 717)), ((1280, 720), (3, 1, 719, 1279))]:
+        size, rect = grabcut_geometry(frame_size, box)
+        cases.append({"frame_size": list(frame_size), "box": list(box), "size": list(size), "rect": list(rect)})
+    boxes = [(0, 0, 100, 100), (10, 10, 50, 50), (0, 0, 200, 20), (5, 5, 105, 105)]
+    return {"iterations": GRABCUT_ITERATIONS, "max_side": MAX_SIDE, "cases": cases,
+            "boxes": [list(b) for b in boxes], "paint_order": paint_order(boxes)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", default=None, help="a checkpoint (default: the shipped default weights)")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+
+    import torch
+
+    from mvos.export.exporter import ensure_exported
+    from mvos.runtime.inference import Segmenter
+    from mvos.runtime.loading import load_model
+    from mvos.runtime.settings import DEFAULT
+    from mvos.runtime.tflite import TFLiteBackend
+
+    loaded = load_model(None, args.weights)
+    camera, mask = clip()
+    with tempfile.TemporaryDirectory() as tmp:
+        export = Path(tmp) / "export"
+        ensure_exported(export, loaded.model, loaded.source, SIZE, [QUEUE_LEN], ["fp32"], MAX_OBJECTS, progress=False)
+        staging = Path(tmp) / "golden"
+        (staging / "export").mkdir(parents=True)
+        shutil.copy(export / "manifest.json", staging / "export" / "manifest.json")
+        writer, calls, frame_index = Writer(staging), [], [0]
+        backend = TFLiteBackend(export, queue_len=QUEUE_LEN, precision="fp32")
+        for graph in ("key_encoder", "value_encoder", "decoder"):
+            setattr(backend, graph, Recorder(getattr(backend, graph), graph, calls, writer, frame_index))
+        segmenter = Segmenter(backend, DEFAULT.replace(queue_len=QUEUE_LEN))
+        frames = []
+        with torch.inference_mode():
+            for t, rgb in enumerate(camera):
+                frame_index[0] = t
+                probs = segmenter.step(rgb, mask if t == 0 else None)
+                memory = segmenter.groups[0].memory
+                prepared = next(c for c in calls if c["frame"] == t and c["graph"] == "key_encoder")["inputs"]["frame"]
+                frames.append({
+                    "camera": writer.array(rgb), "mask": writer.array(mask) if t == 0 else None, "prepared": prepared,
+                    # Probabilities at the camera size are the largest arrays: two frames check post-processing.
+                    "probs": writer.array(probs.astype(np.float32)) if t in (1, 3) else None,
+                    "labels": writer.array(segmenter.index_map(probs)),
+                    "frame_of_slot": list(memory.frame_of_slot),
+                    "memory_keys": writer.array(memory.keys.numpy()),  # T,Ck,h,w
+                    "memory_values": writer.array(memory.values.permute(0, 2, 3, 1).numpy()),  # T,h,w,N*Cv
+                })
+        index = {"clip": "examples/dog.mp4 (frames 0-3 at 192x108)", "weights": loaded.source, "size": list(SIZE),
+                 "queue_len": QUEUE_LEN, "max_objects": MAX_OBJECTS, "object_ids": segmenter.object_ids,
+                 "box_prompt": box_prompt(), "frames": frames, "calls": calls}
+        (staging / "index.json").write_text(json.dumps(index, indent=1) + "\n")
+        if args.out.exists():
+            shutil.rmtree(args.out)
+        shutil.copytree(staging, args.out)
+    total = sum(p.stat().st_size for p in args.out.rglob("*"))
+    print(f"wrote {args.out} ({len(calls)} graph calls, {FRAMES} frames, {total / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
