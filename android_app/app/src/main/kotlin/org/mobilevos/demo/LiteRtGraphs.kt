@@ -1,0 +1,111 @@
+package org.mobilevos.demo
+
+import android.util.Log
+import org.mobilevos.core.GraphFile
+import org.mobilevos.core.Manifest
+import org.mobilevos.core.Quantization
+import org.mobilevos.core.SubgraphRunner
+import org.tensorflow.lite.Delegate
+import org.tensorflow.lite.Interpreter
+import org.tensorflow.lite.gpu.CompatibilityList
+import org.tensorflow.lite.gpu.GpuDelegate
+import java.io.File
+import java.nio.ByteBuffer
+import java.nio.ByteOrder
+
+/**
+ * The three graphs of one precision on LiteRT: the GPU delegate where the device supports it, else (or when the
+ * delegate refuses a graph) the CPU with XNNPACK. Create, run and close on one thread: the GPU delegate is bound
+ * to the thread that made it.
+ */
+class LiteRtGraphs(
+    private val folder: File,
+    val manifest: Manifest,
+    val precision: String,
+    queueLen: Int,
+    wantGpu: Boolean,
+    val threads: Int,
+) : AutoCloseable {
+    private val delegates = ArrayList<Delegate>()
+    private val runners = LinkedHashMap<String, Runner>()
+
+    /** "gpu" when every graph runs on the GPU delegate, else "cpu" (the benchmark CSV's delegate column). */
+    val delegate: String
+
+    init {
+        val gpuOptions = if (wantGpu) CompatibilityList().let { if (it.isDelegateSupportedOnThisDevice) it.bestOptionsForThisDevice else null } else null
+        var allGpu = gpuOptions != null
+        for (subgraph in Manifest.SUBGRAPHS) {
+            val entry = manifest.entry(precision, subgraph, if (subgraph == "decoder") queueLen else null)
+                ?: throw IllegalArgumentException("the export has no $precision $subgraph for T=$queueLen (see the manifest)")
+            val file = File(folder, entry.path)
+            val interpreter = gpuOptions?.let { options ->
+                try {
+                    val gpu = GpuDelegate(options)
+                    delegates.add(gpu)
+                    Interpreter(file, Interpreter.Options().addDelegate(gpu))
+                } catch (e: Exception) { // an op the delegate cannot take: this graph runs on the CPU
+                    Log.w(TAG, "GPU delegate refused ${entry.path}: ${e.message}; using the CPU")
+                    allGpu = false
+                    null
+                }
+            } ?: Interpreter(file, Interpreter.Options().setUseXNNPACK(true).setNumThreads(threads))
+            runners[subgraph] = Runner(interpreter, entry)
+        }
+        delegate = if (allGpu) "gpu" else "cpu"
+    }
+
+    fun runner(subgraph: String): SubgraphRunner = runners.getValue(subgraph)
+
+    override fun close() {
+        runners.values.forEach { it.interpreter.close() }
+        delegates.forEach { it.close() }
+    }
+
+    /** Float arrays in and out by the manifest's names; int8 edges quantised with the manifest's scales. */
+    private class Runner(val interpreter: Interpreter, private val entry: GraphFile) : SubgraphRunner {
+        private val inputs = entry.inputs.associate { it.name to buffer(it.size, it.dtype) }
+        private val outputs = entry.outputs.associate { (it.signatureOutput ?: it.name) to buffer(it.size, it.dtype) }
+        private val results = entry.outputs.associate { it.name to FloatArray(it.size) } // reused every call
+        private val scratch = (entry.inputs + entry.outputs).filter { it.dtype == "int8" }
+            .associate { it.name to ByteArray(it.size) }
+
+        override fun run(inputs: Map<String, FloatArray>): Map<String, FloatArray> {
+            for (spec in entry.inputs) {
+                val data = inputs.getValue(spec.name)
+                require(data.size == spec.size) { "${entry.path}: input ${spec.name} has ${data.size} values, expected ${spec.size}" }
+                val target = this.inputs.getValue(spec.name).apply { rewind() }
+                if (spec.dtype == "int8") {
+                    val q = scratch.getValue(spec.name)
+                    Quantization.quantize(spec, data, q)
+                    target.put(q)
+                } else {
+                    target.asFloatBuffer().put(data)
+                }
+                target.rewind()
+            }
+            outputs.values.forEach { it.rewind() }
+            interpreter.runSignature(this.inputs, outputs, entry.signature)
+            for (spec in entry.outputs) {
+                val source = outputs.getValue(spec.signatureOutput ?: spec.name).apply { rewind() }
+                val result = results.getValue(spec.name)
+                if (spec.dtype == "int8") {
+                    val q = scratch.getValue(spec.name).also { source.get(it) }
+                    Quantization.dequantize(spec, q, result)
+                } else {
+                    source.asFloatBuffer().get(result)
+                }
+            }
+            return results
+        }
+
+        private companion object {
+            fun buffer(size: Int, dtype: String): ByteBuffer =
+                ByteBuffer.allocateDirect(size * if (dtype == "int8") 1 else 4).order(ByteOrder.nativeOrder())
+        }
+    }
+
+    private companion object {
+        const val TAG = "mvos"
+    }
+}
