@@ -225,6 +225,17 @@ def test_resumed_run_equals_an_uninterrupted_one(synth_root, tmp_path):
         [r["val_JF"] for r in read_log(tmp_path / "a") if r["iteration"] == "6"]
 
 
+def test_a_resumed_run_follows_the_configs_later_lr_steps(synth_root, tmp_path):
+    """Lengthening a run: resumed with more iterations and an lr drop the first part did not have."""
+    common = dict(checkpoint_every=2, log_every=1, val={"sequences": []})
+    train(TrainConfig.from_dict(tiny_config(synth_root, tmp_path, iterations=4, **common)), progress=False)
+    longer = tiny_config(synth_root, tmp_path, iterations=8, **common)
+    longer["optim"] = {"lr": 1e-3, "lr_steps": [6], "lr_gamma": 0.5}
+    train(TrainConfig.from_dict(longer), resume=True, progress=False)
+    lrs = {int(r["iteration"]): float(r["lr"]) for r in read_log(tmp_path) if r["loss"]}
+    assert [lrs[i] for i in range(1, 9)] == pytest.approx([1e-3] * 5 + [5e-4] * 3)
+
+
 @pytest.mark.slow  # ~15 s: two training processes
 def test_sigkill_then_resume_loses_at_most_one_interval(synth_root, tmp_path):
     run_dir = tmp_path / "run"

@@ -16,6 +16,7 @@ import random
 import signal
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -489,6 +490,7 @@ class Trainer:
         self.criterion.load_state_dict(state["criterion"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._follow_config_lr_steps()
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         states = state.get("rng_ranks") or [state["rng"]]
@@ -572,6 +574,19 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         return losses
+
+    def _follow_config_lr_steps(self) -> None:
+        """A resumed run takes its lr drops from the config, not the checkpoint's scheduler, so a run can be
+        lengthened (more iterations, later or other drops); the lr becomes the config's at this iteration."""
+        optim = self.config.optim
+        if sorted(self.scheduler.milestones.elements()) == sorted(optim.lr_steps) and \
+                self.scheduler.gamma == optim.lr_gamma:
+            return  # unchanged: keep the saved lr bit for bit
+        self.scheduler.milestones, self.scheduler.gamma = Counter(optim.lr_steps), optim.lr_gamma
+        drops = sum(step <= self.scheduler.last_epoch for step in optim.lr_steps)
+        self.scheduler.base_lrs = [optim.lr] * len(self.optimizer.param_groups)
+        for group in self.optimizer.param_groups:
+            group["lr"] = optim.lr * optim.lr_gamma ** drops
 
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
