@@ -9,7 +9,6 @@ shipped recipe marked) and prints the table.
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from mvos.runtime.boxes import mask_from_boxes
-    from mvos.runtime.io import atomic_path
+    from mvos.runtime.io import write_csv
 
     rows = []
     for sequence in sorted(p.name for p in (args.root / "JPEGImages" / "480p").iterdir()):
@@ -55,10 +54,7 @@ def main() -> None:
         scores = [r["iou"] for r in rows if r["split"] == split]
         print(f"{split}: {sum(s >= 0.8 for s in scores)}/{len(scores)} with IoU >= 0.8, mean {np.mean(scores):.3f}")
     args.out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.out / "box_prompt.csv") as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(args.out / "box_prompt.csv", rows)
     print(f"wrote {args.out / 'box_prompt.csv'}")
 
 

@@ -9,7 +9,6 @@ size. Writes a CSV and a plot, and prints the TFLite/PyTorch frame ratio (the is
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from tqdm import tqdm
 from mvos.export.exporter import ensure_exported
 from mvos.export.subgraphs import graph_specs, parse_size
 from mvos.runtime.inference import TorchBackend
-from mvos.runtime.io import atomic_path
+from mvos.runtime.io import atomic_path, write_csv
 from mvos.runtime.loading import RANDOM, load_model
 from mvos.runtime.manifest import graph_key
 from mvos.runtime.model import VARIANTS, QueryFeatures
@@ -147,10 +146,7 @@ def main(model_dir, out_csv, variants, queue_lens, precisions, size_text, thread
             tqdm.write(f"{variant:<20} T={t:<3} torch frame {torch_frame_ms:8.1f} ms "
                        f"(decoder {torch_decoder_ms:.1f})  tflite/torch: {ratios}")
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out_csv, rows, FIELDS)
     plot(rows, out_csv.with_suffix(".png"))
     click.echo(f"wrote {out_csv} and {out_csv.with_suffix('.png')}")
 

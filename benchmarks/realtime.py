@@ -17,7 +17,6 @@ Run it on a quiet machine (stop any training first):
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
@@ -168,16 +167,6 @@ def op_rows(model_dir: Path, manifest, precision: str, threads: int, runs: int) 
     return rows
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    from mvos.runtime.io import atomic_path
-
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, required=True, help="an `mvos export` folder")
@@ -190,6 +179,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/realtime"))
     args = parser.parse_args()
 
+    from mvos.runtime.io import write_csv
     from mvos.runtime.manifest import Manifest
 
     manifest = Manifest.read(args.model_dir)

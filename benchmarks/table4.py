@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mvos.runtime.io import atomic_path
+from mvos.runtime.io import atomic_path, write_csv
 
 FIELDS = ["model", "memory", "queue_len", "frames", "fps", "ms_per_frame", "peak_rss_mb", "parameters",
           "memory_mb", "fps_first50", "fps_last50"]
@@ -151,10 +151,7 @@ def main() -> None:
 
 def write_tables(out: Path, rows: list[dict], frames: list[int], size: str, threads: int) -> str:
     """Rewrites table4.csv and table4.md (atomically) with the points measured so far."""
-    with atomic_path(out / "table4.csv") as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "table4.csv", rows, FIELDS)
     checks = constant_cost_checks(rows, min(frames), max(frames))
     text = (f"Table 4 protocol on this machine: random {size} video, batch 1, {threads} threads, "
             f"PyTorch eager.\n\n{markdown(rows)}\n\n" + "\n".join(f"- {line}" for line in checks) + "\n")

@@ -18,7 +18,6 @@ on an `mvos synth` dataset made in a temporary folder:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import subprocess
 import sys
@@ -135,13 +134,10 @@ def main() -> None:
             row["speedup"] = round(row["it_per_s"] / rows[0]["it_per_s"], 2)
             print(f"{row['setting']:<18} {row['s_per_it']:>7.2f} s/it  {row['speedup']:>5.2f}x")
 
-    from mvos.runtime.io import atomic_path
+    from mvos.runtime.io import write_csv
 
     args.out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.out / "train_speed.csv") as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(args.out / "train_speed.csv", rows)
     title = (f"{args.variant}, batch {args.batch} of 3-frame {args.crop}px clips, 2 objects "
              f"({'DAVIS 2016' if dataset == 'davis2016' else 'synthetic data'}), {args.iterations} timed iterations")
     plot(rows, args.out / "train_speed.png", title)

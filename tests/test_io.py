@@ -67,3 +67,19 @@ def test_staged_directory_keeps_previous_result_on_failure(tmp_path):
             raise RuntimeError("crash")
     assert (out / "a.txt").read_text() == "complete"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_write_csv_takes_every_column_in_order_and_leaves_no_partial(tmp_path):
+    import csv
+
+    from mvos.runtime.io import write_csv
+
+    path = tmp_path / "out" / "rows.csv"
+    write_csv(path, [{"a": 1, "b": 2}, {"a": 3, "c": 4}])
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["a", "b", "c"]
+    assert rows == [{"a": "1", "b": "2", "c": ""}, {"a": "3", "b": "", "c": "4"}]
+    with pytest.raises(ValueError):  # a row with a column not asked for: the old file stays, nothing partial
+        write_csv(path, [{"a": 5, "z": 6}], columns=["a"])
+    assert [p.name for p in path.parent.iterdir()] == ["rows.csv"] and "3" in path.read_text()
