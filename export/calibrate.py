@@ -70,8 +70,11 @@ class RecordingBackend(TorchBackend):
     def encode_value(self, frame, features, masks, others):
         f16 = nhwc_numpy(features.f16).copy()
         for i in range(masks.shape[0]):  # the exported value encoder takes one object a call
-            self.records["value_encoder"].append({"f16": f16, "mask": nhwc_numpy(masks[i:i + 1]).copy(),
-                                                  "others": nhwc_numpy(others[i:i + 1]).copy()})
+            mask, other = nhwc_numpy(masks[i:i + 1]).copy(), nhwc_numpy(others[i:i + 1]).copy()
+            self.records["value_encoder"].append({"f16": f16, "mask": mask, "others": other})
+            # And with the roles swapped, as when another object is tracked: a one-object clip never fills
+            # "others", whose int8 range would collapse to zero (scales XNNPACK refuses to load).
+            self.records["value_encoder"].append({"f16": f16, "mask": other, "others": mask})
         return super().encode_value(frame, features, masks, others)
 
     def decode(self, query: QueryFeatures, memory_keys, memory_values, num_objects: int):

@@ -205,6 +205,20 @@ def test_full_integer_int8_follows_pytorch_on_the_frames_it_was_calibrated_for(e
             assert 0 < rel < 0.5, f"{entry.path} {name}: {rel:.2e}"  # really quantised, and close
 
 
+def test_calibration_of_a_one_object_clip_covers_the_others_input(model):
+    """"others" is all zero with one object; calibrated on that alone, int8 got a near-zero scale that XNNPACK
+    refused to load (the shipped weights' value encoder)."""
+    from mvos.export.calibrate import Clip, calibration_inputs
+
+    from export_fixtures import tiny_clip
+
+    clip = tiny_clip()
+    one = Clip(clip.name, clip.frames, (clip.mask == clip.mask.max()).astype(np.uint8))
+    recorded = calibration_inputs(model, TINY_SIZE, [2], TINY_MAX_OBJECTS, [one])["value_encoder"]
+    assert max(float(r["mask"].max()) for r in recorded) > 0.5
+    assert max(float(r["others"].max()) for r in recorded) > 0.5
+
+
 def test_memory_slots_matter_to_the_decoder(export_dir, manifest, references):
     """A decoder that ignored the memory state (or one slot of it) would pass a loose parity check."""
     _, inputs, _ = references["decoder_T2"]
