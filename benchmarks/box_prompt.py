@@ -12,11 +12,19 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image
 
-# The shipped recipe's DAVIS-2016 split (configs/shipped/mobilenetv2_static.yaml).
-TEST = ("bear", "car-turn", "flamingo", "lucia", "paragliding", "stroller")
-VALIDATION = ("boat", "dog-agility", "hockey", "mallard-water")
+SHIPPED_VIDEO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "shipped" / "mobilenetv2_video.yaml"
+
+
+def shipped_split() -> tuple[set[str], set[str]]:
+    """The shipped recipe's DAVIS-2016 test and validation sequences, as its video-stage config holds them:
+    validation is what it scores, test the rest of what it excludes from training."""
+    config = yaml.safe_load(SHIPPED_VIDEO_CONFIG.read_text())
+    validation = set(config["val"]["sequences"])
+    excluded = {name for source in config["data"]["sources"] for name in source.get("exclude", [])}
+    return excluded - validation, validation
 
 
 def first_frame(root: Path, sequence: str) -> tuple[np.ndarray, np.ndarray]:
@@ -40,20 +48,20 @@ def main() -> None:
 
     from mvos.runtime.boxes import mask_from_boxes
     from mvos.runtime.io import write_csv
+    from mvos.training.metrics import region_similarity
 
+    test, validation = shipped_split()
     rows = []
     for sequence in sorted(p.name for p in (args.root / "JPEGImages" / "480p").iterdir()):
         frame, truth = first_frame(args.root, sequence)
         box = tight_box(truth)
-        mask = mask_from_boxes(frame, [box]) > 0
-        iou = float((mask & truth).sum() / (mask | truth).sum())
-        split = "test" if sequence in TEST else "validation" if sequence in VALIDATION else "train"
+        iou = float(region_similarity(truth, mask_from_boxes(frame, [box]) > 0))
+        split = "test" if sequence in test else "validation" if sequence in validation else "train"
         rows.append({"sequence": sequence, "split": split, "box": ",".join(map(str, box)), "iou": round(iou, 3)})
         print(f"{sequence:<20}{split:<12}{iou:.3f}")
     for split in ("test", "validation", "train"):
         scores = [r["iou"] for r in rows if r["split"] == split]
         print(f"{split}: {sum(s >= 0.8 for s in scores)}/{len(scores)} with IoU >= 0.8, mean {np.mean(scores):.3f}")
-    args.out.mkdir(parents=True, exist_ok=True)
     write_csv(args.out / "box_prompt.csv", rows)
     print(f"wrote {args.out / 'box_prompt.csv'}")
 

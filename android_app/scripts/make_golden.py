@@ -107,17 +107,18 @@ def main() -> None:
 
     from mvos.export.exporter import ensure_exported
     from mvos.runtime.inference import Segmenter
+    from mvos.runtime.io import staged_directory
     from mvos.runtime.loading import load_model
     from mvos.runtime.settings import DEFAULT
     from mvos.runtime.tflite import TFLiteBackend
 
     loaded = load_model(None, args.weights)
     camera, mask = clip()
-    with tempfile.TemporaryDirectory() as tmp:
+    # The old vectors are replaced only once the new ones are complete.
+    with tempfile.TemporaryDirectory() as tmp, staged_directory(args.out) as staging:
         export = Path(tmp) / "export"
         ensure_exported(export, loaded.model, loaded.source, SIZE, [QUEUE_LEN], ["fp32"], MAX_OBJECTS, progress=False)
-        staging = Path(tmp) / "golden"
-        (staging / "export").mkdir(parents=True)
+        (staging / "export").mkdir()
         shutil.copy(export / "manifest.json", staging / "export" / "manifest.json")
         writer, calls, frame_index = Writer(staging), [], [0]
         backend = TFLiteBackend(export, queue_len=QUEUE_LEN, precision="fp32")
@@ -144,9 +145,6 @@ def main() -> None:
                  "queue_len": QUEUE_LEN, "max_objects": MAX_OBJECTS, "object_ids": segmenter.object_ids,
                  "box_prompt": box_prompt(), "frames": frames, "calls": calls}
         (staging / "index.json").write_text(json.dumps(index, indent=1) + "\n")
-        if args.out.exists():
-            shutil.rmtree(args.out)
-        shutil.copytree(staging, args.out)
     total = sum(p.stat().st_size for p in args.out.rglob("*"))
     print(f"wrote {args.out} ({len(calls)} graph calls, {FRAMES} frames, {total / 1e6:.1f} MB)")
 
