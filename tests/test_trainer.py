@@ -26,7 +26,7 @@ from mvos.training.synth import generate
 from mvos.runtime.memory import FixedQueueMemory
 from mvos.runtime.settings import DEFAULT
 from mvos.training.cli import train_command
-from mvos.training.trainer import memory_frames, rollout, set_train_mode, train
+from mvos.training.trainer import build_dataset, memory_frames, rollout, set_train_mode, train
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +107,21 @@ def test_bad_configs_are_one_line_errors(data, message):
     with pytest.raises(MvosError) as info:
         TrainConfig.from_dict(full)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_main_stage_mixes_in_static_pseudo_clips_at_the_asked_share(synth_root, tmp_path):
+    config = tiny_config(synth_root, tmp_path / "run")
+    config["data"]["images"] = [{"images": str(synth_root / "JPEGImages/480p"),
+                                 "masks": str(synth_root / "Annotations/480p")}]
+    config["data"]["images_share"] = 0.25
+    dataset = build_dataset(TrainConfig.from_dict(config))
+    rng = np.random.default_rng(0)
+    names = [dataset.sample(rng)["info"]["name"] for _ in range(400)]
+    static_share = sum(not name.startswith("synth") for name in names) / len(names)
+    assert 0.19 < static_share < 0.31  # binomial sd 0.022 around 0.25
+    del config["data"]["images_share"]  # images in stage main without a share: an error, not silently unused
+    with pytest.raises(MvosError, match="images_share"):
+        TrainConfig.from_dict(config)
 
 
 def test_cli_reports_config_errors_in_one_line(tmp_path):

@@ -51,6 +51,7 @@ class DataConfig:
 
     sources: list[SourceConfig] = field(default_factory=list)
     images: list[ImageSourceConfig] = field(default_factory=list)  # the static stage's pseudo-clips
+    images_share: float = 0.0  # stage main: the fraction of clips made from `images` instead of the videos
     clip_frames: int = 5  # frame 0 is given, losses on frames 1..T-1
     crop: int = 384
     max_objects: int = 2
@@ -186,6 +187,13 @@ class TrainConfig:
                 raise MvosError(f"config: data.sources[{i}].repeat must be at least 1")
         if self.stage == "static" and not self.data.images:
             raise MvosError("config: data.images is required for the static stage")
+        if not 0.0 <= self.data.images_share < 1.0:
+            raise MvosError("config: data.images_share must be in [0, 1)")
+        if self.stage == "main" and self.data.images and self.data.images_share == 0:
+            raise MvosError("config: data.images in stage main needs data.images_share > 0 (the fraction of "
+                            "clips made from them)")
+        if self.data.images_share > 0 and (self.stage != "main" or not self.data.images):
+            raise MvosError("config: data.images_share is for stage main and needs data.images")
         for name, sources in (("images", self.data.images), ("paste_images", self.data.paste_images)):
             for i, source in enumerate(sources):
                 if not source.images:

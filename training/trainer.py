@@ -178,12 +178,12 @@ def _replace_fields(base, changes: dict, what: str):
 
 
 class ClipMixture:
-    """Clip datasets sampled in proportion to their size times their `repeat` weight (as repeating a
-    dataset in a ConcatDataset), through `sample(rng)` so a batch is a function of its seed alone."""
+    """Clip datasets sampled in proportion to their weights (`len(dataset) * repeat`, as repeating a dataset in
+    a ConcatDataset), through `sample(rng)` so a batch is a function of its seed alone."""
 
-    def __init__(self, parts: list[tuple[object, int]]):
+    def __init__(self, parts: list[tuple[object, float]]):
         self.parts = parts
-        self.sizes = np.array([len(d) * repeat for d, repeat in parts])
+        self.sizes = np.array([weight for _, weight in parts], np.float64)
 
     def __len__(self) -> int:
         return int(self.sizes.sum())
@@ -205,7 +205,8 @@ def build_dataset(config: TrainConfig) -> ClipMixture:
     donor_pairs = _image_pairs(data.paste_images, "paste_images")
     if config.stage == "static":
         donors = DonorBank(donor_pairs) if paste.p > 0 and donor_pairs else None
-        return ClipMixture([(StaticImageDataset(_image_pairs(data.images, "images"), donors=donors, **common), 1)])
+        images = StaticImageDataset(_image_pairs(data.images, "images"), donors=donors, **common)
+        return ClipMixture([(images, float(len(images)))])
     from mvos.training.datasets import load_dataset
 
     chosen = []
@@ -226,7 +227,13 @@ def build_dataset(config: TrainConfig) -> ClipMixture:
             # DonorBank reads each video's masks as its own dataset does; sources here share one format.
             donors = DonorBank(donor_pairs, donor_videos, dataset=chosen[0][0].dataset)
     parts = [(VideoClipDataset(seqs, dataset=source.dataset, max_gap=data.max_gap, donors=donors, **common),
-              source.repeat) for source, seqs in chosen]
+              float(len(seqs) * source.repeat)) for source, seqs in chosen]
+    if data.images_share > 0:
+        # Static pseudo-clips next to the videos: thousands of objects where the videos have a few dozen.
+        video_weight = sum(weight for _, weight in parts)
+        images = StaticImageDataset(_image_pairs(data.images, "images"), donors=donors,
+                                    **dict(common, augment=STATIC_AUGMENT))
+        parts.append((images, video_weight * data.images_share / (1 - data.images_share)))
     return ClipMixture(parts)
 
 
