@@ -13,6 +13,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 from mvos.export.subgraphs import GraphSpec
@@ -105,7 +106,7 @@ def quantize_fp16(fp32: bytes, what: str = "") -> bytes:
 FLOAT_OPS = ("BATCH_MATMUL", "SOFTMAX")
 
 
-def _int8_recipe():
+def _int8_recipe_manager():
     from ai_edge_quantizer import algorithm_manager, qtyping, recipe_manager
 
     manager = recipe_manager.RecipeManager()
@@ -114,7 +115,25 @@ def _int8_recipe():
     for name in FLOAT_OPS:
         manager.add_quantization_config(".*", qtyping.TFLOperationName[name],
                                         algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
-    return manager.get_quantization_recipe()
+    return manager
+
+
+def _widest_range(seen: dict, new: dict) -> dict:
+    """Min/max over every calibration sample. ai-edge-quantizer's default is a moving average (0.95), which
+    shrinks a range that only some samples reach: calibrated on calls that alternate a mask with an empty one,
+    the mask inputs' int8 range ended near 0.36 and every object pixel was clipped to it."""
+    if not seen:
+        return new
+    return dict(new, min=np.minimum(seen["min"], new["min"]), max=np.maximum(seen["max"], new["max"]))
+
+
+def calibrated_ranges(fp32: bytes, calibration: list[dict], signature: str = "serving_default") -> dict:
+    """Tensor name -> {min, max} over all of `calibration` (input name -> array, one dict per sample)."""
+    from ai_edge_quantizer import calibrator
+
+    calib = calibrator.Calibrator(bytearray(fp32), num_threads=1, qsv_update_func=_widest_range)
+    calib.calibrate({signature: calibration}, _int8_recipe_manager())
+    return calib.get_model_qsvs()
 
 
 def quantize_static(fp32: bytes, calibration: list[dict], what: str = "",
@@ -126,8 +145,8 @@ def quantize_static(fp32: bytes, calibration: list[dict], what: str = "",
 
     with captured_native_output() as tail:
         try:
-            q = quantizer.Quantizer(bytearray(fp32), _int8_recipe())
-            ranges = q.calibrate({signature: calibration}, num_threads=1)
+            q = quantizer.Quantizer(bytearray(fp32), _int8_recipe_manager().get_quantization_recipe())
+            ranges = calibrated_ranges(fp32, calibration, signature)
             return bytes(q.quantize(ranges, enable_progress_report=False).quantized_model)
         except Exception as exc:  # ai-edge-quantizer raises plain Exceptions for unsupported graphs
             error = exc

@@ -219,6 +219,23 @@ def test_calibration_of_a_one_object_clip_covers_the_others_input(model):
     assert max(float(r["others"].max()) for r in recorded) > 0.5
 
 
+def test_int8_ranges_cover_inputs_that_only_some_calibration_calls_reach(export_dir, manifest, model):
+    """Calls alternate a mask with an empty one (one object: "others" is empty, then swapped). A moving-average
+    range (ai-edge-quantizer's default) settled near half the mask's range and clipped every object pixel."""
+    from mvos.export.calibrate import calibration_inputs
+    from mvos.export.convert import calibrated_ranges
+
+    from export_fixtures import tiny_clip
+
+    recorded = calibration_inputs(model, TINY_SIZE, [2], TINY_MAX_OBJECTS, [tiny_clip()])["value_encoder"]
+    full = recorded[0]
+    alternating = [dict(full, mask=full["mask"] * (i % 2 == 0)) for i in range(40)]
+    fp32 = (export_dir / manifest.entry("fp32", "value_encoder", None).path).read_bytes()
+    ranges = calibrated_ranges(fp32, alternating)
+    mask_range = next(r for name, r in ranges.items() if name.endswith("_mask"))
+    assert float(np.max(mask_range["max"])) == pytest.approx(float(full["mask"].max()), rel=1e-6)
+
+
 def test_memory_slots_matter_to_the_decoder(export_dir, manifest, references):
     """A decoder that ignored the memory state (or one slot of it) would pass a loose parity check."""
     _, inputs, _ = references["decoder_T2"]
