@@ -150,10 +150,13 @@ def memory_readout(query_key: torch.Tensor, memory_keys: torch.Tensor, memory_va
 
 
 def soft_aggregate(object_probs: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """STCN soft aggregation: N object probabilities -> N+1 probabilities (background first) summing to 1."""
+    """STCN soft aggregation: N object probabilities -> N+1 probabilities (background first) summing to 1.
+    STCN's softmax of the log-odds is the odds over their sum, computed so: no log and exp, and in place, as
+    it runs on full-size frames every step."""
     background = torch.prod(1 - object_probs, dim=dim, keepdim=True)
-    probs = torch.cat([background, object_probs], dim=dim).clamp(1e-7, 1 - 1e-7)
-    return torch.softmax(torch.log(probs / (1 - probs)), dim=dim)
+    probs = torch.cat([background, object_probs], dim=dim).clamp_(1e-7, 1 - 1e-7)
+    odds = probs.div_(1 - probs)
+    return odds.div_(odds.sum(dim=dim, keepdim=True))
 
 
 def aggregated_logits(object_probs: torch.Tensor, dim: int = 1) -> torch.Tensor:

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from mvos.runtime.model import PAPER_PARAMETERS, VARIANTS, build_model, memory_readout, soft_aggregate
+from mvos.runtime.model import (PAPER_PARAMETERS, VARIANTS, aggregated_logits, build_model, memory_readout,
+                                soft_aggregate)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -54,6 +55,16 @@ def test_soft_aggregation_sums_to_one_and_keeps_order():
     out = soft_aggregate(probs, dim=0)
     assert torch.allclose(out.sum(0), torch.ones(3))
     assert out[:, 0].argmax() == 1 and out[:, 1].argmax() == 2 and out[:, 2].argmax() == 0
+
+
+def test_soft_aggregation_is_the_softmax_of_the_training_logits():
+    """The engine's odds form and the log-odds the training loss sees are one aggregation."""
+    probs = torch.rand(3, 1, 17, 19, generator=torch.Generator().manual_seed(0))
+    probs[0, 0, 0, :3] = torch.tensor([0.0, 1.0, 0.5])  # the clamp's edges
+    kept = probs.clone()
+    expected = torch.softmax(aggregated_logits(probs, dim=0), dim=0)
+    torch.testing.assert_close(soft_aggregate(probs, dim=0), expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(probs, kept)  # the caller's probabilities are left alone
 
 
 def test_checkpoints_that_stored_top_k_in_the_config_still_load(tmp_path):
