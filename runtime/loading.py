@@ -77,4 +77,4 @@ def build_segmenter(settings: InferenceSettings = DEFAULT, *, variant: str | Non
     if model_dir is not None:
         raise MvosError("--model-dir is for --backend tflite")
     loaded = load_model(variant, weights, backbone_weights)
-    return Segmenter(TorchBackend(loaded.model, settings.top_k), settings), loaded.warning
+    return Segmenter(TorchBackend(loaded.model, settings.top_k, channels_last=True), settings), loaded.warning

@@ -185,3 +185,18 @@ def test_track_times_every_segmented_frame_and_skips_frames_before_the_mask(mode
     for result in results:
         timing.add(result)
     assert timing.frames == [2, 3, 4] and len(timing.steady) == 2 and timing.fps > 0
+
+
+def test_channels_last_backend_segments_as_the_default_layout(model):
+    import copy
+
+    frames, masks = moving_scene(num_frames=4, height=64, width=96)
+    fast_model = copy.deepcopy(model)
+    results = []
+    for backend in (TorchBackend(model), TorchBackend(fast_model, channels_last=True)):
+        segmenter = Segmenter(backend, DEFAULT.replace(size=None))
+        results.append([segmenter.step(frame, masks[0] if i == 0 else None) for i, frame in enumerate(frames)])
+    assert fast_model.key_encoder.backbone.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not model.key_encoder.backbone.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    for plain, fast in zip(*results):
+        np.testing.assert_allclose(fast, plain, atol=1e-4)

@@ -184,7 +184,7 @@ def soup_command(checkpoints: tuple[Path, ...], out: Path, greedy: bool, val_roo
     settings = DEFAULT.replace(size=size, queue_len=queue_len, threads=threads)
 
     def score(model) -> float:
-        return score_model(model, dataset, val_root, split, _names(sequences), settings)["val_JF"]
+        return score_model(model, dataset, val_root, split, _names(sequences), settings, channels_last=True)["val_JF"]
 
     if greedy:
         soup, record = greedy_soup(ingredients, score, names, echo=click.echo)

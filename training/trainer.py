@@ -317,13 +317,14 @@ def build_criterion(config: TrainConfig, student: nn.Module, teacher: nn.Module 
 
 
 def score_model(model: MobileVOS, dataset: str, root: str | Path, split: str, sequences: list[str] | None,
-                settings: InferenceSettings = DEFAULT) -> dict[str, float]:
-    """J, F and J&F means of `model` segmenting whole sequences with the engine users run."""
+                settings: InferenceSettings = DEFAULT, channels_last: bool = False) -> dict[str, float]:
+    """J, F and J&F means of `model` segmenting whole sequences with the engine users run (`channels_last`:
+    TorchBackend's; a model in training keeps its own layout)."""
     from mvos.training.datasets import load_dataset
     from mvos.training.evaluate import score_results, segment_sequence
 
     seqs = load_dataset(dataset, Path(root), split, sequences)
-    segmenter = Segmenter(TorchBackend(model, settings.top_k), settings)
+    segmenter = Segmenter(TorchBackend(model, settings.top_k, channels_last), settings)
     with tempfile.TemporaryDirectory(prefix="mvos-val-") as tmp:
         for seq in seqs:
             segment_sequence(segmenter, dataset, seq, Path(tmp) / seq.name, Timing())
