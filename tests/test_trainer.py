@@ -75,6 +75,13 @@ def read_log(run_dir: Path) -> list[dict]:
 # ------------------------------------------------------------------------------------------------ config
 
 
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml")), ids=str)
+def test_every_config_in_the_repository_loads(path):
+    """The configs the docs point users to stay valid as the schema changes."""
+    config = load_config(path)
+    assert config.iterations > 0 and config.stage in ("static", "main")
+
+
 def test_yaml_and_toml_configs_agree_and_overrides_apply(tmp_path):
     (tmp_path / "a.yaml").write_text(
         "stage: main\nbatch_size: 3\ndata:\n  sources:\n    - {root: /d, dataset: davis2016, exclude: [bear]}\n"
