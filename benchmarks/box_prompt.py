@@ -12,7 +12,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import yaml
 from PIL import Image
 
 SHIPPED_VIDEO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "shipped" / "mobilenetv2_video.yaml"
@@ -21,9 +20,11 @@ SHIPPED_VIDEO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "shippe
 def shipped_split() -> tuple[set[str], set[str]]:
     """The shipped recipe's DAVIS-2016 test and validation sequences, as its video-stage config holds them:
     validation is what it scores, test the rest of what it excludes from training."""
-    config = yaml.safe_load(SHIPPED_VIDEO_CONFIG.read_text())
-    validation = set(config["val"]["sequences"])
-    excluded = {name for source in config["data"]["sources"] for name in source.get("exclude", [])}
+    from mvos.training.config import load_config
+
+    config = load_config(SHIPPED_VIDEO_CONFIG)
+    validation = set(config.val.sequences)
+    excluded = {name for source in config.data.sources for name in source.exclude}
     return excluded - validation, validation
 
 
