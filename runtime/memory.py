@@ -67,8 +67,6 @@ def slot_frames(writes: int, queue_len: int) -> list[int]:
 
 def others_mask(probs: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """The value encoder's "others" input per object: the sum of the other objects' probabilities, in 0..1."""
-    if probs.shape[dim] == 1:  # one object: nothing else (a full-size frame's sum and clamp saved)
-        return torch.zeros_like(probs)
     return (probs.sum(dim=dim, keepdim=True) - probs).clamp(0, 1)
 
 
