@@ -182,20 +182,16 @@ class Segmenter:
     def _prepare_frame(self, frame: np.ndarray, geometry: FrameGeometry) -> torch.Tensor:
         """H,W,3 uint8 -> 1,3,H,W: x/255, resized, (x - mean)/std, zero-padded bottom/right."""
         source = torch.from_numpy(frame)  # H,W,3: the frame's own layout, NHWC as the TFLite graphs take it
-        if geometry.resized != geometry.original:
-            x = source.permute(2, 0, 1)[None].float().contiguous(memory_format=torch.channels_last) / 255.0
+        if geometry.resized != geometry.original:  # resized in 0..255 (linear, so the /255 commutes with it)
+            x = source.permute(2, 0, 1)[None].float().contiguous(memory_format=torch.channels_last)
             x = F.interpolate(x, size=geometry.resized, mode="bilinear", align_corners=False, antialias=True)
-            source, scale = x[0].permute(1, 2, 0), self._scale * 255.0
-        else:
-            scale = self._scale
-        # Normalised straight into the padded frame: two passes over it, where separate divide, subtract,
-        # divide and pad steps took six (host time a phone-sized frame pays every step).
+            source = x[0].permute(1, 2, 0)
+        # Normalised straight into the padded frame, one multiply-add per value.
         padded = torch.zeros(1, *geometry.padded, 3)
         inside = padded[0, : geometry.resized[0], : geometry.resized[1]]
-        torch.mul(source, scale, out=inside)
+        torch.mul(source, self._scale, out=inside)
         inside.add_(self._offset)
         image = padded.permute(0, 3, 1, 2)  # 1,3,H,W, channels-last in memory
-        # PyTorch's convolutions want NCHW memory.
         return image if self.backend.channels_last else image.contiguous()
 
     def _predict(self, features: KeyFeatures, geometry: FrameGeometry) -> torch.Tensor:
