@@ -19,11 +19,6 @@ import torch
 from mvos.export.subgraphs import GraphSpec
 from mvos.runtime.errors import MvosError
 
-PRECISION_HELP = {
-    "fp32": "float32 weights and activations",
-    "fp16": "float16 weights (dequantised to float32 at load), float32 activations",
-    "int8": "int8 dynamic-range: int8 per-channel weights, activations quantised on the fly",
-}
 
 
 class ConversionError(MvosError):
@@ -101,9 +96,17 @@ def quantize_fp16(fp32: bytes, what: str = "") -> bytes:
     raise ConversionError(f"{what}: fp16 quantisation failed: {_error_line(error, tail)}")
 
 
-# Kept in float: XNNPACK runs these in int8 with reference kernels (the memory read's batched matmul took 90 ms
-# at 480x864 in int8, 7 ms in fp32), and the softmax over memory positions needs float's range.
-FLOAT_OPS = ("BATCH_MATMUL", "SOFTMAX")
+# Kept in float wherever they are:
+# - BATCH_MATMUL: XNNPACK runs it in int8 with a reference kernel (the memory read's took 90 ms at 480x864 in
+#   int8, 7 ms in fp32);
+# - SOFTMAX: the softmax over memory positions needs float's range;
+# - RELU: XNNPACK does not take an int8 RELU, so each one split the graph into another delegate partition around
+#   a builtin kernel; as dequantise, RELU, quantise all three stay in XNNPACK (int8 decoder 25.5 -> 17.9 ms,
+#   value encoder 14.0 -> 12.6 ms here, same outputs).
+FLOAT_OPS = ("BATCH_MATMUL", "SOFTMAX", "RELU")
+# And every op of the memory read (`MemoryRead`): int8 affinities lose the small differences that decide the read,
+# and quantising its 1620x3240 affinity between float ops cost a quantise/dequantise round trip.
+FLOAT_SCOPES = ("MemoryRead",)
 
 
 def _int8_recipe_manager():
@@ -114,6 +117,9 @@ def _int8_recipe_manager():
                               weight_num_bits=8)  # weights per output channel, activations per tensor
     for name in FLOAT_OPS:
         manager.add_quantization_config(".*", qtyping.TFLOperationName[name],
+                                        algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
+    for scope in FLOAT_SCOPES:
+        manager.add_quantization_config(scope, qtyping.TFLOperationName.ALL_SUPPORTED,
                                         algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
     return manager
 

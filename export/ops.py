@@ -84,6 +84,24 @@ def _gpu_refusal(name: str, graph, op) -> str | None:
     return None
 
 
+def op_outputs(content: bytes) -> list[tuple[str, str, str]]:
+    """(op name, first output tensor's name, its type: FLOAT32, INT8...) of every op of the first subgraph."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(content, 0)
+    graph = model.Subgraphs(0)
+    names = _op_names()
+    types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_") and isinstance(v, int)}
+    out = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        tensor = graph.Tensors(op.Outputs(0))
+        out.append((names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "UNKNOWN"),
+                    tensor.Name().decode(), types.get(tensor.Type(), "UNKNOWN")))
+    return out
+
+
 def graph_macs(content: bytes) -> list[tuple[str, int]]:
     """(op name, multiply-accumulates) of every op of the first subgraph, in execution order, from the static
     tensor shapes of the flatbuffer: convolutions, depthwise convolutions, fully connected and batched matmuls;

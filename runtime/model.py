@@ -149,6 +149,15 @@ def memory_readout(query_key: torch.Tensor, memory_keys: torch.Tensor, memory_va
     return readout.squeeze(1).transpose(1, 2).reshape(b, -1, h, w)
 
 
+class MemoryRead(nn.Module):
+    """`memory_readout` as a module without weights, so its ops carry a scope of their own in exported graphs
+    (int8 export keeps this scope in float: the affinity's small differences decide the read)."""
+
+    def forward(self, query_key: torch.Tensor, memory_keys: torch.Tensor, memory_values: torch.Tensor,
+                top_k: int | None = None) -> torch.Tensor:
+        return memory_readout(query_key, memory_keys, memory_values, top_k)
+
+
 def soft_aggregate(object_probs: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """STCN soft aggregation: N object probabilities -> N+1 probabilities (background first) summing to 1.
     STCN's softmax of the log-odds is the odds over their sum, computed so: no log and exp, and in place, as
@@ -177,6 +186,7 @@ class MobileVOS(nn.Module):
         self.variant = variant
         self.key_encoder = KeyEncoder(config)
         self.value_encoder = ValueEncoder(config, self.key_encoder.backbone.channels["f16"])
+        self.memory_read = MemoryRead()
         channels = self.key_encoder.backbone.channels
         decoder_in = 2 * config.value_dim  # memory readout ++ query value
         self.aspp = ASPP(decoder_in, config.aspp_dim) if config.aspp else None
@@ -210,7 +220,7 @@ class MobileVOS(nn.Module):
                 num_objects: int, top_k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One frame against a memory. memory_keys B,Ck,M ; memory_values B,M,N*Cv -> logits B*N,1,H,W, z."""
         b, _, h, w = query.key.shape
-        readout = memory_readout(query.key, memory_keys, memory_values, top_k)  # B,N*Cv,h,w
+        readout = self.memory_read(query.key, memory_keys, memory_values, top_k)  # B,N*Cv,h,w
         readout = readout.reshape(b * num_objects, -1, h, w)
         return self.decode(query.value, query.f8, query.f4, readout)
 

@@ -205,6 +205,22 @@ def test_full_integer_int8_follows_pytorch_on_the_frames_it_was_calibrated_for(e
             assert 0 < rel < 0.5, f"{entry.path} {name}: {rel:.2e}"  # really quantised, and close
 
 
+def test_int8_keeps_the_memory_read_and_relus_in_float(export_dir, manifest):
+    """The read's affinities in int8 lose what decides the read (and cost a quantise/dequantise round trip of the
+    HW x M affinity); an int8 RELU is not an XNNPACK op and split each graph around a builtin kernel."""
+    from mvos.export.ops import op_outputs
+
+    decoder = op_outputs((export_dir / manifest.entry("int8", "decoder", 2).path).read_bytes())
+    read = [(name, kind) for name, tensor, kind in decoder
+            if "MemoryRead" in tensor and name != "QUANTIZE"]  # the readout is quantised on its way out
+    assert {"BATCH_MATMUL", "SOFTMAX", "SUB"} <= {name for name, _ in read}
+    assert all(kind == "FLOAT32" for _, kind in read), read
+    assert any(kind == "INT8" for name, _, kind in decoder if name == "CONV_2D")  # the rest is int8
+    for entry in (e for e in manifest.files if e.precision == "int8"):
+        relus = [kind for name, _, kind in op_outputs((export_dir / entry.path).read_bytes()) if name == "RELU"]
+        assert all(kind == "FLOAT32" for kind in relus), entry.path
+
+
 def test_calibration_of_a_one_object_clip_covers_the_others_input(model):
     """"others" is all zero with one object; calibrated on that alone, int8 got a near-zero scale that XNNPACK
     refused to load (the shipped weights' value encoder)."""
