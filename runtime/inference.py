@@ -174,8 +174,10 @@ class Segmenter:
 
     def index_map(self, probs: np.ndarray) -> np.ndarray:
         """1+N,H,W probabilities -> H,W uint8 object ids."""
-        lookup = np.array([0] + self.object_ids, dtype=np.uint8)
-        return lookup[probs.argmax(axis=0)]
+        index = argmax_first_axis(probs)
+        if self.object_ids == list(range(1, len(self.object_ids) + 1)):
+            return index  # ids 1..N are their own indices
+        return np.array([0] + self.object_ids, dtype=np.uint8)[index]
 
     # ---- internals ---------------------------------------------------------------------------------------
 
@@ -247,6 +249,18 @@ class Segmenter:
                 value = self.backend.encode_value(image, features, masks, others[start:start + n])  # n,Cv,h,w
                 group.memory.write(features.key[0], value.reshape(-1, *value.shape[2:]), self.frame_index)
             start += n
+
+
+def argmax_first_axis(x: np.ndarray) -> np.ndarray:
+    """x.argmax(axis=0) as uint8 for a few channels (at most 256), first maximum winning ties as argmax does: one
+    comparison per channel over the frame, where numpy's argmax over the first axis strides across channels
+    (1.6 vs 5.0 ms for 2x480x854 here)."""
+    best = x[0].copy()
+    index = np.zeros(x.shape[1:], np.uint8)
+    for channel in range(1, x.shape[0]):
+        np.putmask(index, x[channel] > best, channel)
+        np.maximum(best, x[channel], out=best)
+    return index
 
 
 # ------------------------------------------------------------------------------------------- the video loop
