@@ -84,10 +84,11 @@ def report(manifest, added: set[str], out_dir: Path) -> str:
         lines.append(f"{'*' if e.path in added else ' ':<2}{e.precision:<10}{e.key:<15}"
                      f"{e.bytes / 1e6:>7.2f}  {parity:<20}{fallback}")
     if manifest.end_to_end:
-        lines.append("end to end (TFLite runtime vs fp32 PyTorch, masks):")
+        lines.append("end to end (TFLite runtime vs fp32 PyTorch, masks; one step: from PyTorch's memory masks):")
         for c in manifest.end_to_end:
+            one_step = "" if c.one_step_iou is None else f"one step {c.one_step_iou:.4f}  "
             lines.append(f"  {c.precision:<6} T={c.queue_len:<3} {c.clip:<12} mean IoU {c.mean_iou:.4f}  "
-                         f"max |prob diff| {c.max_prob_diff:.1e}  ties {c.tie_fraction:.0%}")
+                         f"{one_step}max |prob diff| {c.max_prob_diff:.1e}  ties {c.tie_fraction:.0%}")
     for f in manifest.failures:
         lines.append(f"not converted: {f.precision} {f.subgraph}"
                      f"{'' if f.queue_len is None else ' T=' + str(f.queue_len)}: {f.error}")

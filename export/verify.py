@@ -113,11 +113,44 @@ def mask_agreement(expected: list[np.ndarray], got: list[np.ndarray], tie_margin
             "tie_fraction": ties / max(pixels, 1)}
 
 
+class MaskRecorder:
+    """A backend that keeps the masks and "others" of each value-encoder call (what the engine memorised), in
+    float16: a long clip's full-size masks would otherwise take gigabytes (float16 holds 0..1 within 5e-4)."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def encode_value(self, frame, features, masks, others):
+        self.calls.append((masks.to(torch.float16), others.to(torch.float16)))
+        return self.inner.encode_value(frame, features, masks, others)
+
+
+class MaskReplay:
+    """A backend that memorises the recorded masks instead of the ones its engine computed: each frame is then
+    segmented from the reference run's memory masks (its own keys and values, computed from them)."""
+
+    def __init__(self, inner, calls: list):
+        self.inner, self.calls, self.index = inner, calls, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def encode_value(self, frame, features, masks, others):
+        masks, others = (m.to(masks.dtype) for m in self.calls[self.index])
+        self.index += 1
+        return self.inner.encode_value(frame, features, masks, others)
+
+
 def end_to_end(model: MobileVOS, model_dir: Path, precision: str, queue_len: int, top_k: int | None = None,
                threads: int | None = None, num_frames: int = 6, reference_cache: dict | None = None,
                clip=None) -> EndToEndCheck:
     """Segment the generated video (or a real `clip`) with the exported files and with PyTorch at the same
-    fixed size. `reference_cache` keeps PyTorch's results per video and queue length across precisions."""
+    fixed size, closed loop (each engine memorises its own masks) and one step at a time (the exported graphs
+    memorise PyTorch's masks). `reference_cache` keeps PyTorch's results per video and queue length across
+    precisions."""
     settings = InferenceSettings(queue_len=queue_len, top_k=top_k)
     tflite = TFLiteBackend(model_dir, queue_len=queue_len, threads=threads, precision=precision)
     if clip is None:
@@ -129,8 +162,12 @@ def end_to_end(model: MobileVOS, model_dir: Path, precision: str, queue_len: int
         if (name, queue_len) not in cache:
             torch_backend = TorchBackend(model, top_k)
             torch_backend.fixed_size = tflite.fixed_size  # same resize/pad geometry as the exported graphs
-            cache[(name, queue_len)] = run_video(Segmenter(torch_backend, settings), frames, masks)
+            recorder = MaskRecorder(torch_backend)
+            cache[(name, queue_len)] = run_video(Segmenter(recorder, settings), frames, masks), recorder.calls
+        expected, memorised = cache[(name, queue_len)]
         got_segmenter = Segmenter(tflite, settings)
         got = run_video(got_segmenter, frames, masks)
-    return EndToEndCheck(precision, queue_len, **mask_agreement(cache[(name, queue_len)], got), frames=len(frames),
-                         objects=len(got_segmenter.object_ids), clip=name)
+        one_step = run_video(Segmenter(MaskReplay(tflite, memorised), settings), frames, masks)
+    return EndToEndCheck(precision, queue_len, **mask_agreement(expected, got), frames=len(frames),
+                         objects=len(got_segmenter.object_ids), clip=name,
+                         one_step_iou=mask_agreement(expected, one_step)["mean_iou"])

@@ -105,6 +105,10 @@ class EndToEndCheck:
     frames: int
     objects: int
     clip: str = "synthetic"  # or the real clip's file name
+    # The same IoU with PyTorch's masks in the memory at every frame, so one frame's differences cannot steer
+    # the later ones: what the graphs themselves lose. (mean_iou also measures how far the model's tracking
+    # amplifies differences; None in manifests written before this measure.)
+    one_step_iou: float | None = None
 
 
 @dataclass

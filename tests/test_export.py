@@ -269,12 +269,38 @@ def test_end_to_end_verification_is_recorded(manifest):
     real = [c for c in manifest.end_to_end if c.clip == "tiny-clip"]
     assert all(c.frames == 8 and c.objects == 2 for c in real)
     assert all(c.mean_iou == 1.0 for c in real if c.precision == "fp32")
+    # one step at a time (PyTorch's masks memorised), fp32 agrees; int8 is measured
+    assert all(c.one_step_iou > 0.99 for c in manifest.end_to_end if c.precision == "fp32")
+    assert all(0.0 <= c.one_step_iou <= 1.0 for c in manifest.end_to_end)
     checks = {(c.precision, c.queue_len): c for c in manifest.end_to_end if c.clip == "synthetic"}
     for t in TINY_QUEUE_LENS:
         fp32 = checks[("fp32", t)]
         assert fp32.mean_iou >= 0.99 and fp32.max_prob_diff < 1e-3
         assert fp32.tie_fraction < 0.2 and fp32.objects == 3
         assert 0.0 <= checks[("int8", t)].mean_iou <= 1.0
+
+
+def test_one_step_check_memorises_the_reference_masks(export_dir, manifest, model):
+    """The one-step run must feed the exported value encoder PyTorch's masks, not its own: replaying masks that
+    mark nothing has to change what the graphs segment after the first frame."""
+    from mvos.export.verify import MaskReplay, MaskRecorder, run_video
+    from mvos.runtime.inference import Segmenter, TorchBackend
+    from mvos.runtime.settings import DEFAULT
+    from mvos.runtime.tflite import TFLiteBackend
+
+    from export_fixtures import tiny_clip
+
+    clip, settings = tiny_clip(), DEFAULT.replace(queue_len=2)
+    tflite = TFLiteBackend(export_dir, queue_len=2, precision="fp32")
+    reference = TorchBackend(model)
+    reference.fixed_size = tflite.fixed_size
+    recorder = MaskRecorder(reference)
+    expected = run_video(Segmenter(recorder, settings), clip.frames, {0: clip.mask})
+    replayed = run_video(Segmenter(MaskReplay(tflite, recorder.calls), settings), clip.frames, {0: clip.mask})
+    assert mask_agreement(expected, replayed)["mean_iou"] > 0.99
+    emptied = [(m * 0, o * 0) for m, o in recorder.calls]
+    blind = run_video(Segmenter(MaskReplay(tflite, emptied), settings), clip.frames, {0: clip.mask})
+    assert max(np.abs(a - b).max() for a, b in zip(expected[1:], blind[1:])) > 0.01
 
 
 def test_mask_agreement_ignores_only_ties():
