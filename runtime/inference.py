@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -31,6 +32,7 @@ class Backend(Protocol):
     name: str
     fixed_size: tuple[int, int] | None  # (H, W) when the networks only take one input size
     channels_last: bool  # frames wanted channels-last (NHWC) in memory
+    host_threads: int | None  # torch threads for the engine's own work between network calls (None: as set)
 
     def encode_key(self, frame: torch.Tensor) -> KeyFeatures: ...  # 1,3,H,W
 
@@ -48,6 +50,7 @@ class TorchBackend:
 
     name = "torch"
     fixed_size = None
+    host_threads = None  # the networks are torch too: the caller's thread setting serves both
 
     def __init__(self, model, top_k: int | None = None, channels_last: bool = False):
         """channels_last: convert the model's weights (in place) and take frames channels-last in memory, the
@@ -75,6 +78,20 @@ class TorchBackend:
     def describe(self) -> dict:
         return {"backend": self.name, "variant": self.model.variant, "top_k": self.top_k,
                 "parameters": self.model.num_parameters(), "config": self.model.config.to_dict()}
+
+
+@contextmanager
+def torch_threads(count: int | None):
+    """torch's intra-op threads set to `count` inside the block, restored after (None: unchanged)."""
+    if count is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @dataclass
@@ -159,18 +176,20 @@ class Segmenter:
         if frame.ndim != 3 or frame.shape[2] != 3:
             raise MvosError(f"frame {self.frame_index}: expected an HxWx3 RGB image, got shape {frame.shape}")
         geometry = FrameGeometry.for_frame(frame.shape[0], frame.shape[1], self.size, self.backend.fixed_size)
-        image = self._prepare_frame(frame, geometry)
-        features = self.backend.encode_key(image)
+        with torch_threads(self.backend.host_threads):
+            image = self._prepare_frame(frame, geometry)
+            features = self.backend.encode_key(image)
 
-        object_probs = self._predict(features, geometry)  # N,1,H,W
-        if mask is not None:
-            object_probs = self._apply_mask(object_probs, mask, objects, geometry)
-        if not self.object_ids:
-            raise MvosError(f"frame {self.frame_index}: no objects to track yet (give a mask with at least one object)")
-        probs = soft_aggregate(object_probs, dim=0)  # 1+N,1,H,W
-        self._memorise(image, features, probs[1:])
-        self.frame_index += 1
-        return geometry.restore(probs[:, 0]).cpu().numpy()
+            object_probs = self._predict(features, geometry)  # N,1,H,W
+            if mask is not None:
+                object_probs = self._apply_mask(object_probs, mask, objects, geometry)
+            if not self.object_ids:
+                raise MvosError(f"frame {self.frame_index}: no objects to track yet (give a mask with at least one "
+                                f"object)")
+            probs = soft_aggregate(object_probs, dim=0)  # 1+N,1,H,W
+            self._memorise(image, features, probs[1:])
+            self.frame_index += 1
+            return geometry.restore(probs[:, 0]).cpu().numpy()
 
     def index_map(self, probs: np.ndarray) -> np.ndarray:
         """1+N,H,W probabilities -> H,W uint8 object ids."""

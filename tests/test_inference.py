@@ -104,6 +104,30 @@ def test_label_map_is_argmax_with_its_tie_rule(channels):
     np.testing.assert_array_equal(segmenter.index_map(probs), lookup[probs.argmax(axis=0)])
 
 
+def test_engine_work_runs_on_the_backends_host_threads(model):
+    """A backend whose networks run outside torch (TFLite) gets the engine's torch work on one thread, so torch's
+    spinning OpenMP workers do not take the cores from its own threads; the caller's setting comes back."""
+    seen = []
+
+    class OutsideTorch(TorchBackend):
+        host_threads = 1
+
+        def encode_key(self, frame):
+            seen.append(torch.get_num_threads())
+            return super().encode_key(frame)
+
+    frames, masks = moving_scene(num_frames=2, height=48, width=64, objects=1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        segmenter = Segmenter(OutsideTorch(model), DEFAULT.replace(size=None))
+        for t, frame in enumerate(frames):
+            segmenter.step(frame, masks[0] if t == 0 else None)
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_object_appearing_at_frame_5(model):
     frames, masks = moving_scene(num_frames=9, height=48, width=64, objects=2)
     segmenter = engine(model, queue_len=2, size=None)
