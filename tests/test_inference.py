@@ -104,6 +104,29 @@ def test_label_map_is_argmax_with_its_tie_rule(channels):
     np.testing.assert_array_equal(segmenter.index_map(probs), lookup[probs.argmax(axis=0)])
 
 
+@pytest.mark.parametrize("fixed_size", [None, (64, 96)])
+def test_frames_are_normalised_resized_and_padded(model, fixed_size):
+    """The network input is (x/255 - mean)/std, bilinearly resized (antialiased) to fit, zeros below/right."""
+    from mvos.runtime.model import IMAGENET_MEAN, IMAGENET_STD
+
+    frame = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    backend = TorchBackend(model)
+    backend.fixed_size = fixed_size
+    segmenter = Segmenter(backend, DEFAULT.replace(size=None))
+    geometry = FrameGeometry.for_frame(50, 70, None, fixed_size)
+    image = segmenter._prepare_frame(frame, geometry)
+    x = torch.from_numpy(frame).permute(2, 0, 1)[None].double() / 255
+    x = (x - torch.tensor(IMAGENET_MEAN).double().view(3, 1, 1)) / torch.tensor(IMAGENET_STD).double().view(3, 1, 1)
+    if geometry.resized != geometry.original:
+        x = torch.nn.functional.interpolate(x, size=geometry.resized, mode="bilinear", align_corners=False,
+                                            antialias=True)
+    expected = geometry.pad(x.float())
+    assert image.shape == (1, 3, *geometry.padded) and geometry.padded != geometry.resized
+    torch.testing.assert_close(image, expected, atol=5e-5, rtol=0)  # float32 resizing
+    with pytest.raises(MvosError, match="uint8"):
+        segmenter._prepare_frame(frame.astype(np.float32), geometry)
+
+
 def test_engine_work_runs_on_the_backends_host_threads(model):
     """A backend whose networks run outside torch (TFLite) gets the engine's torch work on one thread, so torch's
     spinning OpenMP workers do not take the cores from its own threads; the caller's setting comes back."""
