@@ -124,6 +124,9 @@ def test_build_segmenter_and_describe(export_dir):
     assert info["input_size"] == list(TINY_SIZE) and info["max_objects"] == TINY_MAX_OBJECTS
     assert segmenter.backend.fixed_size == TINY_SIZE
     assert TFLiteBackend(export_dir, queue_len=1, precision="int8").describe()["precision"] == "int8"
+    assert info["threads"] == 2
+    # unset: as many as torch takes, not TFLite's default of one
+    assert TFLiteBackend(export_dir, queue_len=1).describe()["threads"] == torch.get_num_threads()
 
 
 def test_missing_pieces_are_clear_errors(export_dir, tmp_path):
