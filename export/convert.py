@@ -20,7 +20,6 @@ from mvos.export.subgraphs import GraphSpec
 from mvos.runtime.errors import MvosError
 
 
-
 class ConversionError(MvosError):
     """One subgraph/precision failed to convert; the message carries the converter's last words."""
 

@@ -41,6 +41,13 @@ def _op_names() -> dict[int, str]:
     return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_") and isinstance(v, int)}
 
 
+def _op_name(model, op, names: dict[int, str]) -> str:
+    """An operator's builtin name: codes above 127 live in BuiltinCode, DeprecatedBuiltinCode holds the rest
+    (schema v3a)."""
+    code = model.OperatorCodes(op.OpcodeIndex())
+    return names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "UNKNOWN")
+
+
 def inspect_ops(content: bytes) -> OpReport:
     """Operators of every subgraph of a .tflite flatbuffer, with GPU-delegate fallbacks."""
     from ai_edge_litert import schema_py_generated as schema
@@ -52,11 +59,9 @@ def inspect_ops(content: bytes) -> OpReport:
         graph = model.Subgraphs(s)
         for i in range(graph.OperatorsLength()):
             op = graph.Operators(i)
-            code = model.OperatorCodes(op.OpcodeIndex())
-            # Codes above 127 live in BuiltinCode; DeprecatedBuiltinCode holds the rest (schema v3a).
-            name = names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "UNKNOWN")
+            name = _op_name(model, op, names)
             if name == "CUSTOM":
-                name = f"CUSTOM:{code.CustomCode().decode()}"
+                name = f"CUSTOM:{model.OperatorCodes(op.OpcodeIndex()).CustomCode().decode()}"
                 if name.startswith("CUSTOM:Flex"):
                     report.flex.append(name)
             report.counts[name] += 1
@@ -95,10 +100,8 @@ def op_outputs(content: bytes) -> list[tuple[str, str, str]]:
     out = []
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
-        code = model.OperatorCodes(op.OpcodeIndex())
         tensor = graph.Tensors(op.Outputs(0))
-        out.append((names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "UNKNOWN"),
-                    tensor.Name().decode(), types.get(tensor.Type(), "UNKNOWN")))
+        out.append((_op_name(model, op, names), tensor.Name().decode(), types.get(tensor.Type(), "UNKNOWN")))
     return out
 
 
@@ -118,8 +121,7 @@ def graph_macs(content: bytes) -> list[tuple[str, int]]:
     out = []
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
-        code = model.OperatorCodes(op.OpcodeIndex())
-        name = names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "UNKNOWN")
+        name = _op_name(model, op, names)
         result = shape(op.Outputs(0))
         elements = int(np.prod(result)) if result else 0
         macs = 0
