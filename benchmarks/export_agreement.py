@@ -29,7 +29,7 @@ def main() -> None:
 
     import torch
 
-    from mvos.export.calibrate import read_clip
+    from mvos.export.calibrate import read_clip, video_and_mask
     from mvos.export.manifest import weights_sha256
     from mvos.export.verify import end_to_end
     from mvos.runtime.errors import MvosError
@@ -44,9 +44,9 @@ def main() -> None:
         raise MvosError(f"{args.model_dir} was exported from other weights than {args.weights or 'the shipped ones'}")
     rows = []
     for text in args.clip:
-        video, _, mask = text.rpartition(":")
+        video, mask = video_and_mask(text, "--clip")
         clip = read_clip(video, mask)
-        clip.name = Path(video).stem
+        clip.name = video.stem
         references: dict = {}  # PyTorch runs once per clip, for every precision
         for precision in manifest.precisions():
             check = end_to_end(model, args.model_dir, precision, args.queue_len, manifest.top_k, args.threads,

@@ -44,6 +44,14 @@ def read_clip(video: str | Path, mask: str | Path, frames: int | None = None) ->
     return Clip(Path(video).name, taken, first)
 
 
+def video_and_mask(text: str, option: str = "--calibration") -> tuple[Path, Path]:
+    """'VIDEO:MASK' (the last colon splits, so a video path may hold colons) -> (video, mask)."""
+    video, sep, mask = text.rpartition(":")
+    if not sep or not video or not mask:
+        raise MvosError(f"{option} {text!r} must be VIDEO:MASK (a clip and its first-frame mask)")
+    return Path(video), Path(mask)
+
+
 def example_clips(frames: int | None = None) -> list[Clip]:
     """The repository's example clips with their first-frame masks (examples/<name>.mp4 + <name>_00000.png)."""
     clips = [read_clip(video, video.with_name(f"{video.stem}_00000.png"), frames)

@@ -39,7 +39,7 @@ def export_command(variant: str | None, weights: str | None, size_text: str, que
                    out_dir: Path, no_verify: bool, threads: int | None, overwrite: bool) -> None:
     """Export key encoder, value encoder and decoder (per queue length) as TFLite files, verify them against
     PyTorch and write manifest.json for the runtime, the device benchmark and the Android app."""
-    from mvos.export.calibrate import read_clip
+    from mvos.export.calibrate import read_clip, video_and_mask
     from mvos.export.exporter import ensure_exported
     from mvos.export.subgraphs import parse_size
     from mvos.runtime.io import check_output
@@ -52,7 +52,7 @@ def export_command(variant: str | None, weights: str | None, size_text: str, que
     size = parse_size(size_text)
     lens = parse_queue_lens(queue_lens)
     precisions = [p.strip() for p in precision_text.split(",") if p.strip()]
-    clips = [read_clip(*_video_and_mask(text)) for text in calibration] or None
+    clips = [read_clip(*video_and_mask(text)) for text in calibration] or None
     loaded = load_model(variant, weights)
     if loaded.warning:
         click.echo(loaded.warning, err=True)
@@ -61,15 +61,6 @@ def export_command(variant: str | None, weights: str | None, size_text: str, que
                              on_message=lambda message: click.echo(message, err=True), overwrite=overwrite,
                              clips=clips)
     click.echo(report(result.manifest, {e.path for e in result.added}, out_dir))
-
-
-def _video_and_mask(text: str) -> tuple[Path, Path]:
-    from mvos.runtime.errors import MvosError
-
-    video, sep, mask = text.rpartition(":")
-    if not sep or not video or not mask:
-        raise MvosError(f"--calibration {text!r} must be VIDEO:MASK (a clip and its first-frame mask)")
-    return Path(video), Path(mask)
 
 
 def report(manifest, added: set[str], out_dir: Path) -> str:
