@@ -195,10 +195,7 @@ class Segmenter:
 
     def index_map(self, probs: np.ndarray) -> np.ndarray:
         """1+N,H,W probabilities -> H,W uint8 object ids."""
-        index = argmax_first_axis(probs)
-        if self.object_ids == list(range(1, len(self.object_ids) + 1)):
-            return index  # ids 1..N are their own indices
-        return np.array([0] + self.object_ids, dtype=np.uint8)[index]
+        return np.array([0] + self.object_ids, dtype=np.uint8)[argmax_first_axis(probs)]
 
     # ---- internals ---------------------------------------------------------------------------------------
 
@@ -210,8 +207,9 @@ class Segmenter:
         padded = torch.zeros(1, *geometry.padded, 3)  # NHWC, the frame's own layout and the TFLite graphs'
         inside = padded[0, : geometry.resized[0], : geometry.resized[1]]
         if geometry.resized == geometry.original:
-            written = cv2.LUT(frame, self._normalise, dst=inside.numpy())  # straight into the padded frame
-            assert np.shares_memory(written, inside.numpy())
+            target = inside.numpy()
+            written = cv2.LUT(frame, self._normalise, dst=target)  # straight into the padded frame
+            assert np.shares_memory(written, target)  # OpenCV allocates anew, silently, for a dst it cannot take
         else:  # normalising and bilinear resizing are both linear, so normalising first is exact
             source = torch.from_numpy(cv2.LUT(frame, self._normalise)).permute(2, 0, 1)[None]  # channels-last
             resized = F.interpolate(source, size=geometry.resized, mode="bilinear", align_corners=False, antialias=True)
