@@ -195,7 +195,7 @@ class Segmenter:
 
     def index_map(self, probs: np.ndarray) -> np.ndarray:
         """1+N,H,W probabilities -> H,W uint8 object ids."""
-        return np.array([0] + self.object_ids, dtype=np.uint8)[argmax_first_axis(probs)]
+        return label_map(probs, [0] + self.object_ids)
 
     # ---- internals ---------------------------------------------------------------------------------------
 
@@ -272,16 +272,21 @@ class Segmenter:
             start += n
 
 
-def argmax_first_axis(x: np.ndarray) -> np.ndarray:
-    """x.argmax(axis=0) as uint8 for a few channels (at most 256), first maximum winning ties as argmax does: one
-    comparison per channel over the frame, where numpy's argmax over the first axis strides across channels
-    (1.6 vs 5.0 ms for 2x480x854 here)."""
-    best = x[0].copy()
-    index = np.zeros(x.shape[1:], np.uint8)
-    for channel in range(1, x.shape[0]):
-        np.putmask(index, x[channel] > best, channel)
-        np.maximum(best, x[channel], out=best)
-    return index
+def label_map(scores: np.ndarray, ids: list[int]) -> np.ndarray:
+    """C,H,W scores -> H,W uint8: ids[c] of each pixel's best channel c, the first best winning ties as argmax
+    does. Comparisons and uint8 arithmetic only: numpy's first-axis argmax strides across channels, and masked
+    writes (putmask, where) are as slow (2.3 ms for 2x480x854 here against 0.13)."""
+    labels = np.full(scores.shape[1:], ids[0], np.uint8)
+    better, step = np.empty(labels.shape, bool), np.empty_like(labels)
+    best = scores[0]
+    for channel in range(1, len(scores)):
+        np.greater(scores[channel], best, out=better)
+        np.subtract(np.uint8(ids[channel]), labels, out=step)  # wraps modulo 256: labels + step == ids[channel]
+        np.multiply(step, better.view(np.uint8), out=step)
+        labels += step
+        if channel + 1 < len(scores):
+            best = np.maximum(best, scores[channel])
+    return labels
 
 
 # ------------------------------------------------------------------------------------------- the video loop

@@ -162,9 +162,11 @@ def soft_aggregate(object_probs: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """STCN soft aggregation: N object probabilities -> N+1 probabilities (background first) summing to 1.
     STCN's softmax of the log-odds is the odds over their sum, computed so: no log and exp, and in place, as
     it runs on full-size frames every step."""
-    background = torch.prod(1 - object_probs, dim=dim, keepdim=True)
-    probs = torch.cat([background, object_probs], dim=dim).clamp_(1e-7, 1 - 1e-7)
-    odds = probs.div_(1 - probs)
+    n = object_probs.shape[dim]
+    probs = object_probs.new_empty((*object_probs.shape[:dim], n + 1, *object_probs.shape[dim + 1:]))
+    torch.prod(1 - object_probs, dim=dim, keepdim=True, out=probs.narrow(dim, 0, 1))
+    probs.narrow(dim, 1, n).copy_(object_probs)
+    odds = probs.clamp_(1e-7, 1 - 1e-7).div_(1 - probs)
     return odds.div_(odds.sum(dim=dim, keepdim=True))
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mvos.runtime.errors import MvosError
-from mvos.runtime.inference import FrameGeometry, Segmenter, Timing, TorchBackend, argmax_first_axis, track
+from mvos.runtime.inference import FrameGeometry, Segmenter, Timing, TorchBackend, label_map, track
 from mvos.runtime.memory import (FixedQueueMemory, UnboundedMemory, others_mask, parse_queue_lens, protocol_description,
                                  slot_frames, write_slot)
 from mvos.runtime.model import build_model
@@ -97,7 +97,8 @@ def test_given_mask_is_reproduced_on_its_frame(model):
 def test_label_map_is_argmax_with_its_tie_rule(channels):
     rng = np.random.default_rng(channels)
     probs = rng.integers(0, 4, (channels, 30, 40)).astype(np.float32)  # few values: many ties
-    np.testing.assert_array_equal(argmax_first_axis(probs), probs.argmax(axis=0))
+    ids = [5, 255, 3, 200, 0][:channels]  # any uint8 ids, the background's too (the arithmetic wraps)
+    np.testing.assert_array_equal(label_map(probs, ids), np.array(ids)[probs.argmax(axis=0)])
     segmenter = Segmenter(None)
     segmenter.object_ids = [7, 3, 9, 4][: channels - 1]  # ids are looked up, not assumed 1..N
     lookup = np.array([0] + segmenter.object_ids)
