@@ -166,7 +166,8 @@ def soft_aggregate(object_probs: torch.Tensor, dim: int = 0) -> torch.Tensor:
     probs = object_probs.new_empty((*object_probs.shape[:dim], n + 1, *object_probs.shape[dim + 1:]))
     torch.prod(1 - object_probs, dim=dim, keepdim=True, out=probs.narrow(dim, 0, 1))
     probs.narrow(dim, 1, n).copy_(object_probs)
-    odds = probs.clamp_(1e-7, 1 - 1e-7).div_(1 - probs)
+    probs.clamp_(1e-7, 1 - 1e-7)
+    odds = probs.div_(1 - probs)
     return odds.div_(odds.sum(dim=dim, keepdim=True))
 
 
