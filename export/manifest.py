@@ -18,6 +18,7 @@ from mvos.runtime.errors import MvosError
 from mvos.runtime.manifest import GraphFile, Manifest, TensorSpec, graph_path
 from mvos.runtime.memory import protocol_description
 from mvos.runtime.model import IMAGENET_MEAN, IMAGENET_STD, STRIDE, MobileVOS
+from mvos.runtime.settings import DEFAULT
 
 
 def weights_sha256(model: MobileVOS) -> str:
@@ -60,7 +61,7 @@ def new_manifest(model: MobileVOS, weights_source: str, size: tuple[int, int], m
         normalisation={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
                        "layout": "NCHW float32 RGB, x/255 then (x-mean)/std, resized to fit inside input_size "
                                  "keeping the aspect ratio, zero-padded bottom/right"},
-        memory=protocol_description(), mvos_version=__version__)
+        memory=protocol_description(DEFAULT.mem_every), mvos_version=__version__)
 
 
 def file_entry(spec: GraphSpec, precision: str, content: bytes, signature: dict, ops: dict) -> GraphFile:

@@ -5,8 +5,11 @@ PyTorch engine, the training rollout, the TFLite runtime and the Android core fo
 Fixed queue of T slots (T in 1..MAX_QUEUE_LEN):
 - the frame where objects are given (the reference) writes its key and values into every slot, so slot 0
   holds it for the whole video;
-- each later frame that is memorised writes into slot `write_slot(writes, T)` = 1 + (writes % (T-1)), round
-  robin over 1..T-1, where `writes` counts the frames memorised after the reference; T=1 never writes again;
+- every K-th frame after the reference is memorised (`memorised`, K = the inference settings' `mem_every`);
+  the frames between only read the memory. K > 1 is faster (no value encoder on those frames) and tracks
+  better: training clips' frames are several frames apart, and each memorised frame can carry its errors on;
+- each memorised frame writes into slot `write_slot(writes, T)` = 1 + (writes % (T-1)), round robin over
+  1..T-1, where `writes` counts the frames memorised after the reference; T=1 never writes again;
 - a frame's value is encoded per object from the object's aggregated probability (`mask`) and the other
   objects' (`others_mask`: their sum clamped to 0..1); the objects' values are stacked on channels.
 
@@ -31,6 +34,12 @@ def check_queue_len(queue_len: int, what: str = "queue length") -> int:
     return queue_len
 
 
+def check_mem_every(every: int) -> int:
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise MvosError(f"memory interval (mem_every) must be at least 1, got {every}")
+    return every
+
+
 def parse_queue_lens(values: tuple[str, ...] | list[str]) -> list[int]:
     """'2', '1,2,5', '1..20' (inclusive), repeatable -> sorted distinct queue lengths, each checked."""
     out: set[int] = set()
@@ -47,6 +56,12 @@ def parse_queue_lens(values: tuple[str, ...] | list[str]) -> list[int]:
     for t in sorted(out):
         check_queue_len(t, f"--queue-len {t} is out of range: queue lengths")
     return sorted(out)
+
+
+def memorised(frame_index: int, reference_index: int, every: int) -> bool:
+    """Whether a frame is memorised: the reference (where the objects were given) and every `every`-th frame
+    after it."""
+    return (frame_index - reference_index) % every == 0
 
 
 def write_slot(writes: int, queue_len: int) -> int | None:
@@ -70,18 +85,22 @@ def others_mask(probs: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return (probs.sum(dim=dim, keepdim=True) - probs).clamp(0, 1)
 
 
-def protocol_description() -> dict:
-    """The protocol as the export manifest records it, with worked slot sequences the Android core checks."""
+def protocol_description(mem_every: int) -> dict:
+    """The protocol as the export manifest records it, with worked sequences the Android core checks.
+    `mem_every`: the interval an engine uses unless told otherwise (the inference settings' default)."""
     return {
         "slots": "T = the decoder's queue length; mem_keys T,Ck,h,w (channels first) and mem_values T,h,w,N*Cv "
                  "(channels last), the layouts the memory read's two matrix products take",
         "queue_length_range": [MIN_QUEUE_LEN, MAX_QUEUE_LEN],
         "first_frame": "write its key and value into every slot (slot 0 keeps it for the whole video)",
-        "later_frames": "write into slot 1 + (writes % (T-1)), writes = frames memorised after the first; "
-                        "T=1 never writes again",
+        "mem_every": mem_every,
+        "memorised": "the first frame and every mem_every-th frame after it; the frames between only read",
+        "later_frames": "a memorised frame writes into slot 1 + (writes % (T-1)), writes = frames memorised after "
+                        "the first; T=1 never writes again",
         "value": "run value_encoder once per object: mask = its aggregated probability, others = "
                  "clamp(sum of all objects' probabilities - mask, 0, 1); stack the objects' values on channels",
         "write_slots": {str(t): [write_slot(k, t) for k in range(6)] for t in (1, 2, 3, 5)},
+        "memorised_frames": {str(k): [f for f in range(12) if memorised(f, 0, k)] for k in (1, 2, 5)},
     }
 
 
@@ -103,8 +122,10 @@ class FixedQueueMemory:
     T=2, duplicating the only frame leaves the softmax read exactly unchanged.)
     """
 
-    def __init__(self, queue_len: int):
+    def __init__(self, queue_len: int, every: int = 1):
         self.queue_len = check_queue_len(queue_len)
+        self.every = check_mem_every(every)
+        self.reference_frame: int | None = None
         self.keys: torch.Tensor | None = None  # T,Ck,h,w
         self.values: torch.Tensor | None = None  # T,N*Cv,h,w
         self.frame_of_slot: list[int] = []
@@ -115,13 +136,14 @@ class FixedQueueMemory:
         return self.keys is None
 
     def wants(self, frame_index: int) -> bool:
-        """Whether writing this frame changes the memory (T=1 never needs values after the reference)."""
-        return self.empty or self.queue_len > 1
+        """Whether this frame is memorised (T=1 never needs values after the reference)."""
+        return self.empty or (self.queue_len > 1 and memorised(frame_index, self.reference_frame, self.every))
 
     def write(self, key: torch.Tensor, value: torch.Tensor, frame_index: int) -> None:
-        """key: Ck,h,w ; value: N*Cv,h,w. Written in place: the slots are allocated once."""
+        """key: Ck,h,w ; value: N*Cv,h,w, of a frame `wants` chose. Written in place: the slots are allocated once."""
         if self.empty:
             t = self.queue_len
+            self.reference_frame = frame_index
             self.keys = slots_like(key, t)
             self.values = slots_like(value, t)
             self.frame_of_slot = [frame_index] * t
@@ -153,9 +175,7 @@ class UnboundedMemory:
     for good, and the last frame is kept as a temporary entry until the next one replaces it."""
 
     def __init__(self, every: int):
-        if every < 1:
-            raise MvosError(f"memory interval must be >= 1, got {every}")
-        self.every = every
+        self.every = check_mem_every(every)
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.frame_indices: list[int] = []
@@ -172,7 +192,7 @@ class UnboundedMemory:
     def write(self, key: torch.Tensor, value: torch.Tensor, frame_index: int) -> None:
         if self.reference_frame is None:
             self.reference_frame = frame_index
-        if (frame_index - self.reference_frame) % self.every == 0:
+        if memorised(frame_index, self.reference_frame, self.every):
             self.keys.append(key)
             self.values.append(value)
             self.frame_indices.append(frame_index)
@@ -202,7 +222,7 @@ class UnboundedMemory:
 
 def make_memory(mode: str, queue_len: int, every: int) -> FixedQueueMemory | UnboundedMemory:
     if mode == "fixed":
-        return FixedQueueMemory(queue_len)
+        return FixedQueueMemory(queue_len, every)
     if mode == "unbounded":
         return UnboundedMemory(every)
     raise MvosError(f"unknown memory mode {mode!r} ({' | '.join(MEMORY_MODES)})")

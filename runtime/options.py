@@ -32,7 +32,7 @@ def model_options(function):
         click.option("--memory", type=click.Choice(MEMORY_MODES), default=DEFAULT.memory, show_default=True,
                      help="fixed queue (constant cost) or STCN's growing memory."),
         click.option("--mem-every", type=click.IntRange(min=1), default=DEFAULT.mem_every, show_default=True,
-                     help="With --memory unbounded: keep every k-th frame."),
+                     help="Memorise every k-th frame after the first (the others only read the memory)."),
         click.option("--size", type=click.IntRange(min=MIN_SIZE), default=DEFAULT.size, show_default=True,
                      help="Short side frames are resized to (PyTorch backend)."),
         click.option("--top-k", type=click.IntRange(min=1), default=DEFAULT.top_k,

@@ -18,6 +18,7 @@ from PIL import Image
 
 from mvos.runtime.errors import MvosError
 from mvos.runtime.io import write_palette_png
+from mvos.runtime.settings import DEFAULT
 from mvos.training.datasets import load_dataset, read_annotation, read_annotation_and_void
 
 H, W = 64, 96
@@ -391,6 +392,7 @@ def test_eval_with_model_writes_predictions_and_reports(model_run):
     assert summary["J&F"] == pytest.approx((summary["J"] + summary["F"]) / 2)
     assert 0.0 <= summary["J"] <= 1.0 and 0.0 <= summary["F"] <= 1.0
     assert summary["variant"] == "mobilenetv2-noaspp" and summary["queue_len"] == 3
+    assert summary["mem_every"] == DEFAULT.mem_every
     assert summary["parameters"] > 1_000_000 and summary["fps"] > 0
     assert summary["timed_frames"] == 11  # 12 frames less the warm-up frame
     per_seq = read_csv(out_dir / "per-sequence_results-val.csv")

@@ -31,6 +31,7 @@ from mvos.runtime.loading import RANDOM, load_model
 from mvos.runtime.manifest import Manifest, graph_path
 from mvos.runtime.memory import parse_queue_lens, protocol_description
 from mvos.runtime.model import IMAGENET_MEAN, IMAGENET_STD, STRIDE, build_model
+from mvos.runtime.settings import DEFAULT
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_manifest_describes_the_export(manifest, model):
     assert manifest.mvos_version
     assert manifest.weights_sha256 == weights_sha256(model)
     assert manifest.failures == []
-    assert manifest.memory == protocol_description()  # generated from the protocol, not written as prose
+    assert manifest.memory == protocol_description(DEFAULT.mem_every)  # generated from the protocol, not written as prose
 
 
 def test_manifest_json_round_trips_and_summarises(export_dir, manifest):
@@ -285,7 +286,6 @@ def test_one_step_check_memorises_the_reference_masks(export_dir, manifest, mode
     mark nothing has to change what the graphs segment after the first frame."""
     from mvos.export.verify import MaskReplay, MaskRecorder, run_video
     from mvos.runtime.inference import Segmenter, TorchBackend
-    from mvos.runtime.settings import DEFAULT
     from mvos.runtime.tflite import TFLiteBackend
 
     from export_fixtures import tiny_clip

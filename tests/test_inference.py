@@ -4,8 +4,8 @@ import torch
 
 from mvos.runtime.errors import MvosError
 from mvos.runtime.inference import FrameGeometry, Segmenter, Timing, TorchBackend, label_map, track
-from mvos.runtime.memory import (FixedQueueMemory, UnboundedMemory, others_mask, parse_queue_lens, protocol_description,
-                                 slot_frames, write_slot)
+from mvos.runtime.memory import (FixedQueueMemory, UnboundedMemory, memorised, others_mask, parse_queue_lens,
+                                 protocol_description, slot_frames, write_slot)
 from mvos.runtime.model import build_model
 from mvos.runtime.settings import DEFAULT, InferenceSettings
 
@@ -56,16 +56,50 @@ def test_unbounded_memory_keeps_every_kth_and_the_last_frame():
     assert memory.read()[0].shape[0] == 4
 
 
-def test_t2_memory_holds_first_and_previous_frame_and_stays_constant_over_200_frames(model):
+@pytest.mark.parametrize("mem_every", [1, 5])
+def test_t2_memory_holds_first_and_last_memorised_frame_and_stays_constant_over_200_frames(model, mem_every):
     frames, masks = moving_scene(num_frames=200, height=32, width=48, objects=1)
-    segmenter = engine(model, queue_len=2, size=None)
+    segmenter = engine(model, queue_len=2, size=None, mem_every=mem_every)
     sizes = []
     for t, frame in enumerate(frames):
         segmenter.step(frame, masks[0] if t == 0 else None)
         memory = segmenter.groups[0].memory
-        assert memory.frames() == ([0, t] if t > 0 else [0])  # after step t the memory is {0, t} for frame t+1
+        last = t - t % mem_every  # after step t the memory is {0, last} for frame t+1
+        assert memory.frames() == ([0, last] if last > 0 else [0])
         sizes.append(segmenter.memory_nbytes())
     assert len(set(sizes)) == 1
+
+
+def test_frames_between_memorised_ones_run_no_value_encoder(model):
+    """Every 4th frame memorised, counted from where each object was given (frames 0 and 3): the value encoder
+    runs on frames 0, 4, 8, 12 for the first object and 3, 7, 11 for the second, and on no other frame."""
+    frames, masks = moving_scene(num_frames=13, height=32, width=48, objects=2)
+    segmenter = engine(model, queue_len=3, size=None, mem_every=4)
+    encoded, encode_value = [], segmenter.backend.encode_value
+
+    def counted_encode_value(*args):
+        encoded.append(segmenter.frame_index)
+        return encode_value(*args)
+
+    segmenter.backend.encode_value = counted_encode_value
+    for t, frame in enumerate(frames):
+        if t == 0:
+            segmenter.step(frame, (masks[0] == 1).astype(np.uint8))
+        else:
+            segmenter.step(frame, masks[3] if t == 3 else None, [2] if t == 3 else None)
+    assert encoded == [0, 3, 4, 7, 8, 11, 12]
+    assert [group.memory.frame_of_slot for group in segmenter.groups] == [[0, 12, 8], [3, 7, 11]]
+
+
+def test_memorised_frames_are_counted_from_the_reference():
+    assert [f for f in range(3, 15) if memorised(f, 3, 5)] == [3, 8, 13]
+    assert [f for f in range(4) if memorised(f, 0, 1)] == [0, 1, 2, 3]
+    memory = FixedQueueMemory(queue_len=2, every=3)
+    memory.write(torch.zeros(1, 1, 1), torch.zeros(1, 1, 1), 2)
+    assert [f for f in range(3, 10) if memory.wants(f)] == [5, 8]
+    for bad in (0, -1, 1.5):
+        with pytest.raises(MvosError, match="mem_every"):
+            FixedQueueMemory(queue_len=2, every=bad)
 
 
 def test_unbounded_memory_grows(model):
@@ -205,8 +239,9 @@ def test_the_engines_memory_holds_what_the_protocol_says(queue_len):
 
 
 def test_protocol_description_carries_worked_slot_sequences():
-    described = protocol_description()
-    assert described["queue_length_range"] == [1, 20]
+    described = protocol_description(mem_every=5)
+    assert described["queue_length_range"] == [1, 20] and described["mem_every"] == 5
+    assert described["memorised_frames"]["5"] == [0, 5, 10] and described["memorised_frames"]["1"] == list(range(12))
     assert described["write_slots"]["3"] == [1, 2, 1, 2, 1, 2]
     assert described["write_slots"]["1"] == [None] * 6
 

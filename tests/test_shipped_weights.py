@@ -1,4 +1,4 @@
-"""The default variant's shipped weights: present, intact, small, used without --weights, and they segment."""
+"""The shipped weights: present, intact, small, used without --weights, and they segment."""
 
 import json
 
@@ -17,15 +17,21 @@ from helpers import moving_scene, write_palette_mask, write_video
 MIN_SCENE_IOU = 0.85  # the shipped weights score 0.95 on this scene, random weights 0.03
 
 
-def test_the_default_variant_ships_intact_fp16_weights_under_10_mb():
+def test_the_default_variant_ships_weights():
+    assert DEFAULT_VARIANT in SHIPPED
+
+
+@pytest.mark.parametrize("variant", sorted(SHIPPED))
+def test_shipped_weights_are_intact_fp16_and_under_10_mb(variant):
     import torch
 
-    entry = shipped_checkpoint(DEFAULT_VARIANT)
-    assert entry is not None and entry.path.stat().st_size <= 10 * 2**20
+    entry = shipped_checkpoint(variant)
+    assert entry is not None and entry.variant == variant and entry.path.stat().st_size <= 10 * 2**20
     assert file_sha256(entry.path) == entry.sha256
     assert 0.0 < entry.val_jf <= 1.0 and 0.0 < entry.test_jf <= 1.0
     assert "non-commercial" in entry.licence and entry.recipe == "docs/training.md"
     state = torch.load(entry.path, map_location="cpu", weights_only=False)
+    assert state["variant"] == variant
     tensors = [v for v in state["model"].values() if v.is_floating_point()]
     assert tensors and all(v.dtype == torch.float16 for v in tensors)
 
@@ -36,13 +42,12 @@ def test_damaged_or_missing_shipped_weights_are_refused(monkeypatch, tmp_path):
     damaged = tmp_path / "w.pt"
     damaged.write_bytes(b"not the recorded bytes")
     monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
-    monkeypatch.setitem(SHIPPED, "mobilenetv2-noaspp", ShippedWeights("mobilenetv2-noaspp", "w.pt", "0" * 64, 0.8, 0.8,
-                                                                       "docs/training.md"))
+    monkeypatch.setitem(SHIPPED, "resnet18", ShippedWeights("resnet18", "w.pt", "0" * 64, 0.8, 0.8, "docs/training.md"))
     with pytest.raises(MvosError, match="sha256"):
-        shipped_checkpoint("mobilenetv2-noaspp")
+        shipped_checkpoint("resnet18")
     damaged.unlink()
     with pytest.raises(MvosError, match="missing"):
-        shipped_checkpoint("mobilenetv2-noaspp")
+        shipped_checkpoint("resnet18")
 
 
 def test_info_shows_the_shipped_weights_accuracy_recipe_and_licence(capsys):

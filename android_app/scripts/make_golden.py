@@ -9,10 +9,10 @@ Written into android_app/core/src/test/resources/golden/ (index.json + little-en
   calls[k]:  every graph call in order with its float inputs and outputs, for the Kotlin engine to replay
   box_prompt: where GrabCut runs for dragged boxes (mvos.runtime.boxes) on frames of several sizes
 
-The clip is examples/dog.mp4, four frames shrunk to a 192x108 "camera", with three objects (the dog of
-examples/dog_00000.png, the person and the leash by GrabCut); the export is 64x112 with T=3 and two objects
-per decoder call, so the frame is resized and padded, the ring of recent slots wraps, and the decoder both
-chunks and pads objects. Run from the repository root (a few minutes; it exports first):
+The clip is examples/dog.mp4, five frames shrunk to a 192x108 "camera", with three objects (the dog of
+examples/dog_00000.png, the person and the leash by GrabCut); the export is 64x112 with T=3, every 2nd frame
+memorised and two objects per decoder call, so the frame is resized and padded, frames 1 and 3 only read the
+memory, both recent slots are written, and the decoder both chunks and pads objects. Run from the repository root (a few minutes; it exports first):
 
     python android_app/scripts/make_golden.py [--weights CKPT]
 """
@@ -30,7 +30,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "android_app" / "core" / "src" / "test" / "resources" / "golden"
-SIZE, QUEUE_LEN, MAX_OBJECTS, FRAMES, CAMERA = (64, 112), 3, 2, 4, (108, 192)
+SIZE, QUEUE_LEN, MEM_EVERY, MAX_OBJECTS, FRAMES, CAMERA = (64, 112), 3, 2, 2, 5, (108, 192)
 BOXES = [(150, 145, 300, 372), (365, 325, 490, 400)]  # the person, the leash (x0, y0, x1, y1 at 854x480)
 
 
@@ -124,7 +124,7 @@ def main() -> None:
         backend = TFLiteBackend(export, queue_len=QUEUE_LEN, precision="fp32")
         for graph in ("key_encoder", "value_encoder", "decoder"):
             setattr(backend, graph, Recorder(getattr(backend, graph), graph, calls, writer, frame_index))
-        segmenter = Segmenter(backend, DEFAULT.replace(queue_len=QUEUE_LEN))
+        segmenter = Segmenter(backend, DEFAULT.replace(queue_len=QUEUE_LEN, mem_every=MEM_EVERY))
         frames = []
         with torch.inference_mode():
             for t, rgb in enumerate(camera):
@@ -141,8 +141,8 @@ def main() -> None:
                     "memory_keys": writer.array(memory.keys.numpy()),  # T,Ck,h,w
                     "memory_values": writer.array(memory.values.permute(0, 2, 3, 1).numpy()),  # T,h,w,N*Cv
                 })
-        index = {"clip": "examples/dog.mp4 (frames 0-3 at 192x108)", "weights": loaded.source, "size": list(SIZE),
-                 "queue_len": QUEUE_LEN, "max_objects": MAX_OBJECTS, "object_ids": segmenter.object_ids,
+        index = {"clip": f"examples/dog.mp4 (frames 0-{FRAMES - 1} at 192x108)", "weights": loaded.source,
+                 "size": list(SIZE), "queue_len": QUEUE_LEN, "mem_every": MEM_EVERY, "max_objects": MAX_OBJECTS, "object_ids": segmenter.object_ids,
                  "box_prompt": box_prompt(), "frames": frames, "calls": calls}
         (staging / "index.json").write_text(json.dumps(index, indent=1) + "\n")
     total = sum(p.stat().st_size for p in args.out.rglob("*"))

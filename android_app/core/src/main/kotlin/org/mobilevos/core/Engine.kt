@@ -25,6 +25,7 @@ class Engine(
     private val keyEncoder: SubgraphRunner,
     private val valueEncoder: SubgraphRunner,
     private val decoder: SubgraphRunner,
+    val memEvery: Int = manifest.memEvery, // memorise every k-th frame (the interval the weights were validated with)
 ) {
     private val h = manifest.featureSize[0]
     private val w = manifest.featureSize[1]
@@ -39,6 +40,7 @@ class Engine(
 
     init {
         MemoryProtocol.checkQueueLen(queueLen)
+        MemoryProtocol.checkMemEvery(memEvery)
     }
 
     fun reset() {
@@ -63,7 +65,7 @@ class Engine(
             require(ids.isNotEmpty()) { "frame $frameIndex: the mask marks no object" }
             objectIds = ids
             objectProbs = Preprocess.given(mask, ids, g)
-            memory = FixedQueueMemory(queueLen, keySize, valueSize * ids.size)
+            memory = FixedQueueMemory(queueLen, keySize, valueSize * ids.size, memEvery)
         }
         require(objectIds.isNotEmpty()) { "frame $frameIndex: no objects to track yet (give a mask)" }
         val probs = Postprocess.softAggregate(objectProbs)
@@ -102,7 +104,7 @@ class Engine(
     private fun memorise(features: Map<String, FloatArray>, objectProbs: Array<FloatArray>,
                          millis: MutableMap<String, Double>) {
         val memory = memory ?: return
-        if (!memory.wants()) return
+        if (!memory.wants(frameIndex)) return
         val others = MemoryProtocol.others(objectProbs)
         val n = objectProbs.size
         val cv = manifest.valueDim

@@ -48,6 +48,8 @@ data class Manifest(
     val mean: FloatArray,
     val std: FloatArray,
     val writeSlots: Map<Int, List<Int?>>, // worked examples of the memory protocol, checked by the tests
+    val memorisedFrames: Map<Int, List<Int>>, // which of frames 0..11 are memorised, per mem_every (ditto)
+    val memEvery: Int, // the memory interval an engine uses unless told otherwise
     val queueLengthRange: IntArray,
     val files: List<GraphFile>,
 ) {
@@ -123,10 +125,16 @@ data class Manifest(
                 writeSlots = (memory["write_slots"] as? Map<*, *> ?: emptyMap<Any, Any>()).entries.associate { (t, slots) ->
                     t.toString().toInt() to (slots as List<*>).map { (it as Long?)?.toInt() }
                 },
+                memorisedFrames = (memory["memorised_frames"] as? Map<*, *> ?: emptyMap<Any, Any>()).entries.associate { (k, frames) ->
+                    k.toString().toInt() to (frames as List<*>).map { (it as Long).toInt() }
+                },
+                // Exports from before the interval memorised every frame.
+                memEvery = if (memory.containsKey("mem_every")) int(memory, "mem_every", where) else 1,
                 queueLengthRange = ints(memory, "queue_length_range", 2, where),
                 files = list(data, "files", where).map { graphFile(it, where) },
             )
             if (manifest.maxObjects < 1) throw ManifestException("$where: max_objects must be at least 1")
+            if (manifest.memEvery < 1) throw ManifestException("$where: memory.mem_every must be at least 1")
             return manifest
         }
 

@@ -2,8 +2,9 @@ package org.mobilevos.core
 
 /**
  * The memory protocol of `mvos.runtime.memory`, which the export's manifest documents (and its worked
- * `write_slots`, which the tests check against): slot 0 holds the frame where the objects were given for the
- * whole video; each later frame memorised overwrites slot 1 + (writes % (T-1)); T=1 never writes again.
+ * `write_slots` and `memorised_frames`, which the tests check against): slot 0 holds the frame where the objects
+ * were given for the whole video; every mem_every-th frame after it is memorised and overwrites slot
+ * 1 + (writes % (T-1)); the frames between only read; T=1 never writes again.
  */
 object MemoryProtocol {
     const val MIN_QUEUE_LEN = 1
@@ -13,6 +14,14 @@ object MemoryProtocol {
         require(queueLen in MIN_QUEUE_LEN..MAX_QUEUE_LEN) { "queue length must be in $MIN_QUEUE_LEN..$MAX_QUEUE_LEN, got $queueLen" }
         return queueLen
     }
+
+    fun checkMemEvery(every: Int): Int {
+        require(every >= 1) { "memory interval (mem_every) must be at least 1, got $every" }
+        return every
+    }
+
+    /** Whether a frame is memorised: the reference (where the objects were given) and every [every]-th after it. */
+    fun memorised(frameIndex: Int, referenceIndex: Int, every: Int): Boolean = (frameIndex - referenceIndex) % every == 0
 
     /** The slot the frame memorised after [writes] earlier ones (the reference excluded) overwrites; null for T=1. */
     fun writeSlot(writes: Int, queueLen: Int): Int? = if (queueLen == 1) null else 1 + writes % (queueLen - 1)
@@ -39,7 +48,7 @@ object MemoryProtocol {
  * first (T, Ck, h, w); values slot-major and position-major (T, h, w, n*Cv), object i on channels i*Cv until
  * (i+1)*Cv. Allocated once; written in place.
  */
-class FixedQueueMemory(val queueLen: Int, val keySize: Int, val valueSize: Int) {
+class FixedQueueMemory(val queueLen: Int, val keySize: Int, val valueSize: Int, val every: Int = 1) {
     val keys = FloatArray(queueLen * keySize)
     val values = FloatArray(queueLen * valueSize)
     val frameOfSlot = IntArray(queueLen)
@@ -47,18 +56,23 @@ class FixedQueueMemory(val queueLen: Int, val keySize: Int, val valueSize: Int) 
         private set
     var empty = true
         private set
+    var referenceFrame = 0
+        private set
 
     init {
         MemoryProtocol.checkQueueLen(queueLen)
+        MemoryProtocol.checkMemEvery(every)
     }
 
-    /** Whether memorising this frame changes anything (T=1 needs nothing after the reference). */
-    fun wants(): Boolean = empty || queueLen > 1
+    /** Whether [frameIndex] is memorised (T=1 needs nothing after the reference). */
+    fun wants(frameIndex: Int): Boolean =
+        empty || (queueLen > 1 && MemoryProtocol.memorised(frameIndex, referenceFrame, every))
 
     fun write(key: FloatArray, value: FloatArray, frameIndex: Int) {
         require(key.size == keySize && value.size == valueSize) { "memory write of the wrong size" }
         if (empty) { // the reference fills every slot: unwritten slots repeat it (what the PyTorch engine does)
             for (slot in 0 until queueLen) put(slot, key, value, frameIndex)
+            referenceFrame = frameIndex
             empty = false
             return
         }

@@ -21,6 +21,8 @@ object Golden {
 
     val queueLen = (index["queue_len"] as Long).toInt()
 
+    val memEvery = (index["mem_every"] as Long).toInt()
+
     fun shape(entry: Any?): IntArray = ((entry as Map<*, *>)["shape"] as List<*>).map { (it as Long).toInt() }.toIntArray()
 
     private fun raw(entry: Any?): ByteArray = File(dir, (entry as Map<*, *>)["file"] as String).readBytes()

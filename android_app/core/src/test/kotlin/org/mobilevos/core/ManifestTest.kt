@@ -31,6 +31,16 @@ class ManifestTest {
         assertEquals(setOf(1, 2, 3, 5), slots.keys)
         for ((t, expected) in slots) assertEquals(expected, expected.indices.map { MemoryProtocol.writeSlot(it, t) })
         assertEquals(listOf(1, 20), Golden.manifest.queueLengthRange.toList())
+        val memorised = Golden.manifest.memorisedFrames
+        assertEquals(setOf(1, 2, 5), memorised.keys)
+        for ((k, expected) in memorised) assertEquals(expected, (0 until 12).filter { MemoryProtocol.memorised(it, 0, k) })
+        assertEquals(10, Golden.manifest.memEvery) // the default interval, which the weights were validated with
+    }
+
+    @Test
+    fun manifestsFromBeforeTheMemoryIntervalMemoriseEveryFrame() {
+        assertEquals(1, Manifest.parse(text.replace("\"mem_every\": 10,", "")).memEvery)
+        assertContains(refused { it.replace("\"mem_every\": 10", "\"mem_every\": 0") }, "mem_every must be at least 1")
     }
 
     private fun refused(edit: (String) -> String): String =

@@ -5,6 +5,7 @@ import kotlin.test.assertContentEquals
 import kotlin.test.assertEquals
 import kotlin.test.assertFailsWith
 import kotlin.test.assertFalse
+import kotlin.test.assertTrue
 
 class MemoryTest {
     @Test
@@ -29,10 +30,20 @@ class MemoryTest {
     fun queueLengthOneKeepsOnlyTheReference() {
         val memory = FixedQueueMemory(1, 1, 1)
         memory.write(floatArrayOf(1f), floatArrayOf(1f), 0)
-        assertFalse(memory.wants())
+        assertFalse(memory.wants(1))
         memory.write(floatArrayOf(2f), floatArrayOf(2f), 1)
         assertContentEquals(intArrayOf(0), memory.frameOfSlot)
         assertFailsWith<IllegalArgumentException> { FixedQueueMemory(21, 1, 1) }
+    }
+
+    @Test
+    fun everyKthFrameAfterTheReferenceIsMemorised() {
+        assertEquals(listOf(3, 8, 13), (3 until 15).filter { MemoryProtocol.memorised(it, 3, 5) })
+        val memory = FixedQueueMemory(2, 1, 1, every = 3)
+        assertTrue(memory.wants(2))
+        memory.write(floatArrayOf(1f), floatArrayOf(1f), 2)
+        assertEquals(listOf(5, 8), (3 until 10).filter { memory.wants(it) })
+        assertFailsWith<IllegalArgumentException> { FixedQueueMemory(2, 1, 1, every = 0) }
     }
 
     @Test
