@@ -157,7 +157,7 @@ def info_command(as_json: bool) -> None:
         click.echo(f"{name:<20}{r['key_encoder']:<20}{'yes' if r['aspp'] else 'no':<6}"
                    f"{r['parameters'] / 1e6:>8.2f}M{paper:>8}  {shipped}")
     click.echo("\n* default variant. Value encoder: MobileNetV2 over masks only; memory: first frame + T-1 recent "
-               "(--queue-len).")
+               "memorised frames, one in --mem-every (--queue-len).")
     licences = {r["weights"]["licence"] for r in rows if r["weights"]}
     for licence in sorted(licences):
         click.echo(f"Shipped weights: {licence}.")

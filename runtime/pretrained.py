@@ -48,6 +48,9 @@ SHIPPED: dict[str, ShippedWeights] = {
     "mobilenetv2": ShippedWeights(
         "mobilenetv2", "mobilenetv2.pt", "6eff133c46efe2ac315a614dd18083377aab3c966fa48cca03d7349e1fba4c01",
         test_jf=0.795, val_jf=0.765, recipe="docs/training.md"),
+    "mobilenetv2-noaspp": ShippedWeights(
+        "mobilenetv2-noaspp", "mobilenetv2-noaspp.pt", "72dfb9dbb875a5db68009ba289e639f101aab751b7dd7a81cfe9a90c39136a35",
+        test_jf=0.831, val_jf=0.723, recipe="docs/training.md"),
 }
 
 IMAGENET: dict[str, ImageNetEncoder] = {

@@ -61,12 +61,14 @@ def test_info_shows_the_shipped_weights_accuracy_recipe_and_licence(capsys):
     assert weights["test_jf"] == SHIPPED[DEFAULT_VARIANT].test_jf and "non-commercial" in weights["licence"]
 
 
-def test_segment_without_weights_tracks_moving_objects(capsys, tmp_path):
+@pytest.mark.parametrize("variant", sorted(SHIPPED))
+def test_segment_without_weights_tracks_moving_objects(capsys, tmp_path, variant):
     """No --weights: the shipped model, no warning, and it follows two shapes over a textured background."""
     frames, masks = moving_scene(num_frames=10, height=240, width=432, objects=2)
     video = write_video(tmp_path / "clip.mp4", frames)
     mask = write_palette_mask(tmp_path / "mask.png", masks[0])
-    result = run_mvos(capsys, "segment", video, "--mask", mask, "--out", tmp_path / "out", "--size", "240")
+    result = run_mvos(capsys, "segment", video, "--mask", mask, "--out", tmp_path / "out", "--size", "240",
+                      "--variant", variant)
     assert result.code == 0, result.err
     assert "warning" not in result.err
     ious = []
