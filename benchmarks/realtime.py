@@ -122,8 +122,9 @@ def frame_rows(model_dir: Path, label: str, manifest, queue_len: int, threads: i
     rows = []
     for precision in manifest.precisions():
         backend = TFLiteBackend(model_dir, queue_len=queue_len, threads=threads, precision=precision)
-        graphs = {r["graph"]: r for r in subgraphs if r["export"] == label and r["precision"] == precision}
-        graphs = [graphs[g] for g in ("key_encoder", "value_encoder", f"decoder_T{queue_len}")]
+        by_name = {r["graph"]: r for r in subgraphs if r["export"] == label and r["precision"] == precision}
+        graphs = [by_name[g] for g in ("key_encoder", "value_encoder", f"decoder_T{queue_len}")]
+        value = by_name["value_encoder"]
         gmac, floor = sum(r["gmac"] for r in graphs), sum(r["floor_ms"] for r in graphs)
         for mem_every in (1, every):
             settings = DEFAULT.replace(queue_len=queue_len, mem_every=mem_every)
@@ -138,7 +139,6 @@ def frame_rows(model_dir: Path, label: str, manifest, queue_len: int, threads: i
                 row = {"graph": f"frame (T={queue_len})", "gmac": round(gmac, 3), "ms": float(np.min(steady)),
                        "floor_ms": floor}
             else:
-                value = graphs[1]
                 row = {"graph": f"clip mean (T={queue_len}, every {mem_every})",
                        "gmac": round(gmac - value["gmac"] * (1 - 1 / mem_every), 3),
                        "ms": min(float(np.mean(p)) for p in passes_ms),

@@ -125,7 +125,6 @@ class FixedQueueMemory:
     def __init__(self, queue_len: int, every: int = 1):
         self.queue_len = check_queue_len(queue_len)
         self.every = check_mem_every(every)
-        self.reference_frame: int | None = None
         self.keys: torch.Tensor | None = None  # T,Ck,h,w
         self.values: torch.Tensor | None = None  # T,N*Cv,h,w
         self.frame_of_slot: list[int] = []
@@ -136,14 +135,13 @@ class FixedQueueMemory:
         return self.keys is None
 
     def wants(self, frame_index: int) -> bool:
-        """Whether this frame is memorised (T=1 never needs values after the reference)."""
-        return self.empty or (self.queue_len > 1 and memorised(frame_index, self.reference_frame, self.every))
+        """Whether this frame is memorised (T=1 never needs values after the reference, which slot 0 holds)."""
+        return self.empty or (self.queue_len > 1 and memorised(frame_index, self.frame_of_slot[0], self.every))
 
     def write(self, key: torch.Tensor, value: torch.Tensor, frame_index: int) -> None:
         """key: Ck,h,w ; value: N*Cv,h,w, of a frame `wants` chose. Written in place: the slots are allocated once."""
         if self.empty:
             t = self.queue_len
-            self.reference_frame = frame_index
             self.keys = slots_like(key, t)
             self.values = slots_like(value, t)
             self.frame_of_slot = [frame_index] * t

@@ -12,7 +12,8 @@ Written into android_app/core/src/test/resources/golden/ (index.json + little-en
 The clip is examples/dog.mp4, five frames shrunk to a 192x108 "camera", with three objects (the dog of
 examples/dog_00000.png, the person and the leash by GrabCut); the export is 64x112 with T=3, every 2nd frame
 memorised and two objects per decoder call, so the frame is resized and padded, frames 1 and 3 only read the
-memory, both recent slots are written, and the decoder both chunks and pads objects. Run from the repository root (a few minutes; it exports first):
+memory, both recent slots are written, and the decoder both chunks and pads objects. Run from the repository
+root (a few minutes; it exports first):
 
     python android_app/scripts/make_golden.py [--weights CKPT]
 """
@@ -142,8 +143,8 @@ def main() -> None:
                     "memory_values": writer.array(memory.values.permute(0, 2, 3, 1).numpy()),  # T,h,w,N*Cv
                 })
         index = {"clip": f"examples/dog.mp4 (frames 0-{FRAMES - 1} at 192x108)", "weights": loaded.source,
-                 "size": list(SIZE), "queue_len": QUEUE_LEN, "mem_every": MEM_EVERY, "max_objects": MAX_OBJECTS, "object_ids": segmenter.object_ids,
-                 "box_prompt": box_prompt(), "frames": frames, "calls": calls}
+                 "size": list(SIZE), "queue_len": QUEUE_LEN, "mem_every": MEM_EVERY, "max_objects": MAX_OBJECTS,
+                 "object_ids": segmenter.object_ids, "box_prompt": box_prompt(), "frames": frames, "calls": calls}
         (staging / "index.json").write_text(json.dumps(index, indent=1) + "\n")
     total = sum(p.stat().st_size for p in args.out.rglob("*"))
     print(f"wrote {args.out} ({len(calls)} graph calls, {FRAMES} frames, {total / 1e6:.1f} MB)")

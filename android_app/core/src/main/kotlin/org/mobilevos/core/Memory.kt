@@ -56,23 +56,20 @@ class FixedQueueMemory(val queueLen: Int, val keySize: Int, val valueSize: Int, 
         private set
     var empty = true
         private set
-    var referenceFrame = 0
-        private set
 
     init {
         MemoryProtocol.checkQueueLen(queueLen)
         MemoryProtocol.checkMemEvery(every)
     }
 
-    /** Whether [frameIndex] is memorised (T=1 needs nothing after the reference). */
+    /** Whether [frameIndex] is memorised (T=1 needs nothing after the reference, which slot 0 holds). */
     fun wants(frameIndex: Int): Boolean =
-        empty || (queueLen > 1 && MemoryProtocol.memorised(frameIndex, referenceFrame, every))
+        empty || (queueLen > 1 && MemoryProtocol.memorised(frameIndex, frameOfSlot[0], every))
 
     fun write(key: FloatArray, value: FloatArray, frameIndex: Int) {
         require(key.size == keySize && value.size == valueSize) { "memory write of the wrong size" }
         if (empty) { // the reference fills every slot: unwritten slots repeat it (what the PyTorch engine does)
             for (slot in 0 until queueLen) put(slot, key, value, frameIndex)
-            referenceFrame = frameIndex
             empty = false
             return
         }
