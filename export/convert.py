@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from mvos.export.ptq import refine_int8
 from mvos.export.subgraphs import GraphSpec
 from mvos.runtime.errors import MvosError
 
@@ -141,18 +142,25 @@ def calibrated_ranges(fp32: bytes, calibration: list[dict], signature: str = "se
     return calib.get_model_qsvs()
 
 
-def quantize_static(fp32: bytes, calibration: list[dict], what: str = "",
-                    signature: str = "serving_default") -> bytes:
-    """Full-integer int8 (weights per output channel, activations per tensor) of an fp32 flatbuffer, with the
-    activation ranges measured on `calibration` (input name -> array, one dict per sample). The graph keeps
-    float inputs and outputs (quantised and dequantised at its edges), so callers feed it as before."""
+def quantize_nearest(fp32: bytes, calibration: list[dict], signature: str = "serving_default") -> bytes:
+    """ai-edge-quantizer's full-integer int8 (weights per output channel rounded to nearest, activations per
+    tensor) with the activation ranges measured on `calibration` (input name -> array, one dict per sample)."""
     from ai_edge_quantizer import quantizer
 
+    q = quantizer.Quantizer(bytearray(fp32), _int8_recipe_manager().get_quantization_recipe())
+    ranges = calibrated_ranges(fp32, calibration, signature)
+    return bytes(q.quantize(ranges, enable_progress_report=False).quantized_model)
+
+
+def quantize_static(fp32: bytes, calibration: list[dict], what: str = "",
+                    signature: str = "serving_default") -> bytes:
+    """Full-integer int8 of an fp32 flatbuffer (`quantize_nearest`), then its convolutions' weights
+    GPTQ-rounded and their biases corrected on the same calibration samples (`mvos.export.ptq`). The graph's
+    edges are int8; the manifest records their scales and zero points."""
     with captured_native_output() as tail:
         try:
-            q = quantizer.Quantizer(bytearray(fp32), _int8_recipe_manager().get_quantization_recipe())
-            ranges = calibrated_ranges(fp32, calibration, signature)
-            return bytes(q.quantize(ranges, enable_progress_report=False).quantized_model)
+            nearest = quantize_nearest(fp32, calibration, signature)
+            return refine_int8(fp32, nearest, calibration, signature)[0]
         except Exception as exc:  # ai-edge-quantizer raises plain Exceptions for unsupported graphs
             error = exc
     raise ConversionError(f"{what}: int8 (full integer) quantisation failed: {_error_line(error, tail)}")
