@@ -28,20 +28,12 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-
     from mvos.export.calibrate import read_clip, video_and_mask
-    from mvos.export.manifest import weights_sha256
-    from mvos.export.verify import end_to_end
-    from mvos.runtime.errors import MvosError
+    from mvos.export.verify import end_to_end, exported_model
     from mvos.runtime.io import write_csv
-    from mvos.runtime.loading import load_model
-    from mvos.runtime.manifest import Manifest
 
     torch.set_num_threads(args.threads)
-    manifest = Manifest.read(args.model_dir)
-    model = load_model(manifest.variant, args.weights).model
-    if weights_sha256(model) != manifest.weights_sha256:
-        raise MvosError(f"{args.model_dir} was exported from other weights than {args.weights or 'the shipped ones'}")
+    manifest, model = exported_model(args.model_dir, args.weights)
     rows = []
     for text in args.clip:
         video, mask = video_and_mask(text, "--clip")

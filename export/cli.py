@@ -20,7 +20,7 @@ from mvos.runtime.settings import DEFAULT, DEFAULT_EXPORT_SIZE
               help=f"Memory slots T of the decoder: N, a list N,M or a range A..B (1..{MAX_QUEUE_LEN}); repeatable.")
 @click.option("--precision", "precision_text", default="fp32", show_default=True,
               help="Comma-separated: fp32, fp16 (fp16 weights), int8 (full integer: weights and activations, "
-                   "calibrated on real frames).")
+                   "calibrated on real frames; GPTQ-rounded weights and corrected biases).")
 @click.option("--calibration", "calibration", multiple=True, metavar="VIDEO:MASK",
               help="A real clip and its first-frame mask to calibrate int8 on and to check every precision "
                    "against PyTorch with (repeatable; default: the examples/ clips of a source checkout).")

@@ -177,28 +177,20 @@ def _interpreter(content: bytes):
     return interpreter, {d["name"]: d for d in interpreter.get_tensor_details()}
 
 
-def _float_tensor(interpreter, detail: dict) -> np.ndarray:
-    value = interpreter.get_tensor(detail["index"])
-    if value.dtype == np.int8:
-        scale, zero_point = detail["quantization"]
-        return (value.astype(np.float32) - zero_point) * scale
-    return value
+def to_edge(value: np.ndarray, detail: dict) -> np.ndarray:
+    """A float array as a graph input described by an interpreter `detail` takes it (quantised if int8)."""
+    if detail["dtype"] != np.int8:
+        return value
+    scale, zero_point = detail["quantization"]
+    return np.clip(np.rint(value / scale + zero_point), -128, 127).astype(np.int8)
 
 
-def _quantised_feeds(interpreter, signature: str, calibration: list[dict]) -> list[dict]:
-    """The calibration calls with int8 inputs quantised as the graph's edges expect."""
-    details = interpreter.get_signature_runner(signature).get_input_details()
-    feeds = []
-    for sample in calibration:
-        feed = {}
-        for name, array in sample.items():
-            detail = details[name]
-            if detail["dtype"] == np.int8:
-                scale, zero_point = detail["quantization"]
-                array = np.clip(np.rint(array / scale + zero_point), -128, 127).astype(np.int8)
-            feed[name] = array
-        feeds.append(feed)
-    return feeds
+def from_edge(value: np.ndarray, detail: dict) -> np.ndarray:
+    """A graph tensor described by an interpreter `detail` as float (dequantised if int8)."""
+    if detail["dtype"] != np.int8:
+        return value
+    scale, zero_point = detail["quantization"]
+    return (value.astype(np.float32) - zero_point) * scale
 
 
 def refine_int8(fp32: bytes, int8: bytes, calibration: list[dict], signature: str = "serving_default",
@@ -285,10 +277,11 @@ def _correct_biases(content: bytearray, subgraph, layers: list[_Layer], referenc
         quantised_runner = interpreter.get_signature_runner(signature)
         low, high = layer.clip
         shift_sum, count = 0.0, 0
-        for feed, chosen, want in zip(_quantised_feeds(interpreter, signature, samples), positions[id(layer)],
-                                      expected[id(layer)]):
-            quantised_runner(**feed)
-            out = _float_tensor(interpreter, details[layer.output_name])
+        inputs = quantised_runner.get_input_details()
+        for sample, chosen, want in zip(samples, positions[id(layer)], expected[id(layer)]):
+            quantised_runner(**{name: to_edge(value, inputs[name]) for name, value in sample.items()})
+            detail = details[layer.output_name]
+            out = from_edge(interpreter.get_tensor(detail["index"]), detail)
             got = out.reshape(-1, out.shape[-1])[chosen]
             inside = (want > low) & (want < high) & (got > low) & (got < high)
             shift_sum = shift_sum + np.where(inside, got - want, 0.0).sum(axis=0)

@@ -10,8 +10,9 @@ import cv2
 import numpy as np
 import torch
 
+from mvos.runtime.errors import MvosError
 from mvos.runtime.inference import Segmenter, TorchBackend, track
-from mvos.runtime.manifest import EndToEndCheck
+from mvos.runtime.manifest import EndToEndCheck, Manifest
 from mvos.runtime.model import MobileVOS
 from mvos.runtime.settings import InferenceSettings
 from mvos.runtime.tflite import TFLiteBackend
@@ -19,6 +20,19 @@ from mvos.runtime.tflite import TFLiteBackend
 FP32_MIN_IOU = 0.99  # the issue's bar for fp32 end to end
 FP32_MAX_REL_DIFF = 1e-3  # per subgraph output, relative to the output's largest magnitude
 TIE_MARGIN = 1e-3  # probability margin below which a pixel's label is a tie, left out of the IoU
+
+
+def exported_model(model_dir: Path, weights: str | None = None) -> tuple[Manifest, MobileVOS]:
+    """An export's manifest and the PyTorch model it was made from (the variant's shipped weights unless
+    `weights`); MvosError when the export was made from other weights."""
+    from mvos.export.manifest import weights_sha256
+    from mvos.runtime.loading import load_model
+
+    manifest = Manifest.read(model_dir)
+    model = load_model(manifest.variant, weights).model
+    if weights_sha256(model) != manifest.weights_sha256:
+        raise MvosError(f"{model_dir} was exported from other weights than {weights or 'the shipped ones'}")
+    return manifest, model
 
 
 def run_graph(content: bytes, entry, inputs: dict[str, np.ndarray], threads: int | None = None) -> dict:

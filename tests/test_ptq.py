@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from mvos.export.ptq import gptq_round, output_error, refine_int8
+from mvos.export.ptq import from_edge, gptq_round, output_error, refine_int8, to_edge
 from torch import nn
 
 
@@ -81,20 +81,8 @@ def run_tflite(content: bytes, samples: list[dict]) -> list[np.ndarray]:
 
     runner = Interpreter(model_content=content).get_signature_runner("serving_default")
     details_in, detail_out = runner.get_input_details(), runner.get_output_details()["out"]
-    outputs = []
-    for sample in samples:
-        feed = {}
-        for name, value in sample.items():
-            if details_in[name]["dtype"] == np.int8:
-                scale, zero_point = details_in[name]["quantization"]
-                value = np.clip(np.rint(value / scale + zero_point), -128, 127).astype(np.int8)
-            feed[name] = value
-        out = runner(**feed)["out"]
-        if detail_out["dtype"] == np.int8:
-            scale, zero_point = detail_out["quantization"]
-            out = (out.astype(np.float32) - zero_point) * scale
-        outputs.append(out)
-    return outputs
+    return [from_edge(runner(**{name: to_edge(value, details_in[name]) for name, value in sample.items()})["out"],
+                      detail_out) for sample in samples]
 
 
 def conv_weights(content: bytes) -> np.ndarray:
