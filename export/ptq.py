@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from mvos.runtime.manifest import dequantise, quantise
 
 DAMPING = 0.01  # of H's mean diagonal (GPTQ's default): keeps H invertible where inputs are collinear
 MAX_POSITIONS = 8192  # output positions sampled per call to estimate H (enough for d <= a few thousand)
@@ -179,18 +180,12 @@ def _interpreter(content: bytes):
 
 def to_edge(value: np.ndarray, detail: dict) -> np.ndarray:
     """A float array as a graph input described by an interpreter `detail` takes it (quantised if int8)."""
-    if detail["dtype"] != np.int8:
-        return value
-    scale, zero_point = detail["quantization"]
-    return np.clip(np.rint(value / scale + zero_point), -128, 127).astype(np.int8)
+    return quantise(value, *detail["quantization"]).astype(np.int8) if detail["dtype"] == np.int8 else value
 
 
 def from_edge(value: np.ndarray, detail: dict) -> np.ndarray:
     """A graph tensor described by an interpreter `detail` as float (dequantised if int8)."""
-    if detail["dtype"] != np.int8:
-        return value
-    scale, zero_point = detail["quantization"]
-    return (value.astype(np.float32) - zero_point) * scale
+    return dequantise(value, *detail["quantization"]) if detail["dtype"] == np.int8 else value
 
 
 def refine_int8(fp32: bytes, int8: bytes, calibration: list[dict], signature: str = "serving_default",

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from mvos.runtime.errors import MvosError
+from mvos.runtime.manifest import quantise
 from mvos.runtime.memory import FixedQueueMemory, UnboundedMemory, make_memory, others_mask
 from mvos.runtime.model import IMAGENET_MEAN, IMAGENET_STD, STRIDE, KeyFeatures, QueryFeatures, soft_aggregate
 from mvos.runtime.settings import DEFAULT, InferenceSettings
@@ -34,6 +35,8 @@ class Backend(Protocol):
     fixed_size: tuple[int, int] | None  # (H, W) when the networks only take one input size
     channels_last: bool  # frames wanted channels-last (NHWC) in memory
     host_threads: int | None  # torch threads for the engine's own work between network calls (None: as set)
+    # (scale, zero point) where encode_key takes the frame as int8: the engine then quantises it as it normalises
+    frame_quantisation: tuple[float, int] | None
 
     def encode_key(self, frame: torch.Tensor) -> KeyFeatures: ...  # 1,3,H,W
 
@@ -52,6 +55,7 @@ class TorchBackend:
     name = "torch"
     fixed_size = None
     host_threads = None  # the networks are torch too: the caller's thread setting serves both
+    frame_quantisation = None
 
     def __init__(self, model, top_k: int | None = None, channels_last: bool = False):
         """channels_last: convert the model's weights (in place) and take frames channels-last in memory, the
@@ -150,6 +154,11 @@ class Segmenter:
         # multiply-add from uint8 here)
         levels = np.arange(256, dtype=np.float64)[:, None] / 255.0
         self._normalise = ((levels - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32).reshape(256, 1, 3)
+        # And straight to int8 for a backend whose key encoder takes int8 frames: the same values its own
+        # quantisation of the normalised frame gives, in one lookup instead of a float frame and five passes
+        # over it (0.5 against 1.6-2.0 ms per 480x854 frame here).
+        quantisation = self.backend.frame_quantisation
+        self._quantised = None if quantisation is None else quantise(self._normalise, *quantisation).astype(np.int8)
 
     @property
     def size(self) -> int | None:
@@ -204,6 +213,13 @@ class Segmenter:
         if frame.dtype != np.uint8:
             raise MvosError(f"frame {self.frame_index}: expected uint8 RGB values, got {frame.dtype}")
         frame = np.ascontiguousarray(frame)
+        if self._quantised is not None and geometry.resized == geometry.original:
+            zero_point = self.backend.frame_quantisation[1]
+            padded = torch.full((1, *geometry.padded, 3), zero_point, dtype=torch.int8)  # the padding's 0.0
+            target = padded[0, : geometry.resized[0], : geometry.resized[1]].numpy()
+            written = cv2.LUT(frame, self._quantised, dst=target)
+            assert np.shares_memory(written, target)
+            return padded.permute(0, 3, 1, 2)  # 1,3,H,W int8, channels-last in memory
         padded = torch.zeros(1, *geometry.padded, 3)  # NHWC, the frame's own layout and the TFLite graphs'
         inside = padded[0, : geometry.resized[0], : geometry.resized[1]]
         if geometry.resized == geometry.original:

@@ -58,13 +58,28 @@ class TensorSpec:
         """A float array as this input takes it (quantised for int8 inputs)."""
         if self.dtype != "int8":
             return np.ascontiguousarray(array, dtype=np.float32)
-        return np.clip(np.round(array / self.scale) + self.zero_point, -128, 127).astype(np.int8)
+        return quantise(array, self.scale, self.zero_point).astype(np.int8)
 
     def from_graph(self, array: np.ndarray) -> np.ndarray:
         """This output as float32 (dequantised for int8 outputs)."""
         if self.dtype != "int8":
             return array
-        return ((array.astype(np.float32) - self.zero_point) * self.scale).astype(np.float32)
+        return dequantise(array, self.scale, self.zero_point)
+
+
+def quantise(values: np.ndarray, scale: float, zero_point: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Real values -> the int8 steps q of a tensor whose real = scale * (q - zero_point), held as floats (written
+    into `out`, a float32 array of the same shape, when given: the runtime's scratch, allocated once)."""
+    out = np.divide(values, scale, out=out)
+    np.add(out, zero_point, out=out)
+    np.rint(out, out=out)
+    return np.clip(out, -128, 127, out=out)
+
+
+def dequantise(steps: np.ndarray, scale: float, zero_point: int, out: np.ndarray | None = None) -> np.ndarray:
+    """int8 steps q -> float32 real values scale * (q - zero_point) (into `out` when given)."""
+    out = np.subtract(steps, zero_point, out=out, dtype=np.float32)
+    return np.multiply(out, np.float32(scale), out=out)
 
 
 @dataclass

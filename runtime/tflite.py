@@ -17,7 +17,7 @@ import torch
 
 from mvos.runtime.errors import MvosError
 from mvos.runtime.io import file_sha256
-from mvos.runtime.manifest import MANIFEST_NAME, GraphFile, Manifest
+from mvos.runtime.manifest import MANIFEST_NAME, GraphFile, Manifest, dequantise, quantise
 from mvos.runtime.memory import check_queue_len
 from mvos.runtime.model import KeyFeatures, QueryFeatures
 
@@ -63,13 +63,8 @@ class SubgraphRunner:
                 raise MvosError(f"{self.path.name}: input {name} has shape {tuple(array.shape)}, "
                                 f"expected {tuple(spec.shape)}")
             target = self.interpreter.tensor(index)()
-            if spec.dtype == "int8":
-                work = self.scratch[name]
-                np.divide(array, spec.scale, out=work)
-                np.add(work, spec.zero_point, out=work)
-                np.rint(work, out=work)
-                np.clip(work, -128, 127, out=work)
-                target[...] = work
+            if spec.dtype == "int8" and array.dtype != np.int8:  # int8 arrays come quantised by these parameters
+                target[...] = quantise(array, spec.scale, spec.zero_point, out=self.scratch[name])
             else:
                 target[...] = array
             del target  # no view of the interpreter's buffers may outlive this point: it refuses to run
@@ -77,8 +72,7 @@ class SubgraphRunner:
         for name, (spec, index) in self.outputs.items():
             view, result = self.interpreter.tensor(index)(), self.results[name]
             if spec.dtype == "int8":
-                np.subtract(view, spec.zero_point, out=result, dtype=np.float32)
-                np.multiply(result, spec.scale, out=result)
+                dequantise(view, spec.scale, spec.zero_point, out=result)
             else:
                 np.copyto(result, view)
             del view
@@ -91,8 +85,10 @@ def to_numpy(x: torch.Tensor) -> np.ndarray:
 
 def nhwc_numpy(x: torch.Tensor) -> np.ndarray:
     """An N,C,H,W tensor as the N,H,W,C array a graph takes: no copy when it is channels-last in memory (the
-    engine keeps frames, features and the memory so for this backend)."""
-    return x.detach().permute(0, 2, 3, 1).to(torch.float32).cpu().numpy()
+    engine keeps frames, features and the memory so for this backend). Floats as float32; int8 (frames the
+    engine quantised for an int8 graph) as they are."""
+    x = x.detach().permute(0, 2, 3, 1)
+    return (x.to(torch.float32) if x.is_floating_point() else x).cpu().numpy()
 
 
 def nchw_view(array: np.ndarray) -> torch.Tensor:
@@ -162,6 +158,8 @@ class TFLiteBackend:
         self.top_k = self.manifest.top_k
         self.key_encoder = SubgraphRunner(self.model_dir, self.manifest.entry(precision, "key_encoder"),
                                           self.threads, check_hash)
+        frame = self.key_encoder.inputs["frame"][0]
+        self.frame_quantisation = (frame.scale, frame.zero_point) if frame.dtype == "int8" else None
         self.value_encoder = SubgraphRunner(self.model_dir, self.manifest.entry(precision, "value_encoder"),
                                             self.threads, check_hash)
         self.decoder = SubgraphRunner(self.model_dir, decoder, self.threads, check_hash)

@@ -128,12 +128,12 @@ def test_given_mask_is_reproduced_on_its_frame(model):
 
 
 @pytest.mark.parametrize("channels", [1, 2, 5])
-def test_label_map_is_argmax_with_its_tie_rule(channels):
+def test_label_map_is_argmax_with_its_tie_rule(model, channels):
     rng = np.random.default_rng(channels)
     probs = rng.integers(0, 4, (channels, 30, 40)).astype(np.float32)  # few values: many ties
     ids = [5, 255, 3, 200, 0][:channels]  # any uint8 ids, the background's too (the arithmetic wraps)
     np.testing.assert_array_equal(label_map(probs, ids), np.array(ids)[probs.argmax(axis=0)])
-    segmenter = Segmenter(None)
+    segmenter = Segmenter(TorchBackend(model))
     segmenter.object_ids = [7, 3, 9, 4][: channels - 1]  # ids are looked up, not assumed 1..N
     lookup = np.array([0] + segmenter.object_ids)
     np.testing.assert_array_equal(segmenter.index_map(probs), lookup[probs.argmax(axis=0)])

@@ -162,3 +162,25 @@ def test_damaged_exports_are_clear_errors(export_dir, tmp_path):
     (folder / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
     with pytest.raises(MvosError, match="format version 99"):
         TFLiteBackend(folder, queue_len=1)
+
+
+def test_int8_frames_are_quantised_in_one_lookup(export_dir, model):
+    """An int8 key encoder takes the frame as int8: the engine quantises it as it normalises, giving exactly what
+    quantising the normalised float frame gives, padding included, and the graph takes it unchanged."""
+    from mvos.runtime.tflite import nhwc_numpy
+
+    backend = TFLiteBackend(export_dir, queue_len=2, precision="int8")
+    spec = backend.key_encoder.inputs["frame"][0]
+    assert backend.frame_quantisation == (spec.scale, spec.zero_point)
+    assert TFLiteBackend(export_dir, queue_len=2, precision="fp32").frame_quantisation is None
+    frames, _ = synthetic_video(TINY_SIZE, num_frames=1, seed=6)  # narrower than the export: padded, not resized
+    geometry = FrameGeometry.for_frame(*frames[0].shape[:2], None, backend.fixed_size)
+    assert geometry.resized == geometry.original != geometry.padded
+    quantised = Segmenter(backend)._prepare_frame(frames[0], geometry)
+    normalised = Segmenter(torch_backend(model))._prepare_frame(frames[0], geometry)
+    assert quantised.dtype == torch.int8 and quantised.shape == normalised.shape
+    np.testing.assert_array_equal(nhwc_numpy(quantised), spec.to_graph(nhwc_numpy(normalised)))
+    with torch.inference_mode():
+        from_int8 = backend.encode_key(quantised).key.clone()
+        from_float = backend.encode_key(normalised).key
+    torch.testing.assert_close(from_int8, from_float, rtol=0, atol=0)
