@@ -71,8 +71,8 @@ def quantise(values: np.ndarray, scale: float, zero_point: int, out: np.ndarray 
     """Real values -> the int8 steps q of a tensor whose real = scale * (q - zero_point), held as floats (written
     into `out`, a float32 array of the same shape, when given: the runtime's scratch, allocated once)."""
     out = np.divide(values, scale, out=out)
+    np.rint(out, out=out)  # before adding the zero point, as the Android core's Quantization.quantize
     np.add(out, zero_point, out=out)
-    np.rint(out, out=out)
     return np.clip(out, -128, 127, out=out)
 
 

@@ -126,7 +126,7 @@ class Engine(
     }
 }
 
-/** int8 graph edges: real = scale * (q - zeroPoint), as `TensorSpec.to_graph` / `from_graph` in Python. */
+/** int8 graph edges: real = scale * (q - zeroPoint), as `quantise` / `dequantise` in mvos.runtime.manifest. */
 object Quantization {
     fun quantize(spec: TensorSpec, real: FloatArray, into: ByteArray) {
         val scale = spec.scale!!
