@@ -28,6 +28,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+
     from mvos.export.calibrate import read_clip, video_and_mask
     from mvos.export.verify import end_to_end, exported_model
     from mvos.runtime.io import write_csv

@@ -21,6 +21,7 @@ MAX_CALLS = 24  # held-out calls per graph: enough for a stable mean, quick to r
 def run_graph(content: bytes, calls: list[dict], threads: int) -> list[dict[str, np.ndarray]]:
     """Float outputs of each call, int8 edges quantised and dequantised with the graph's own parameters."""
     from ai_edge_litert.interpreter import Interpreter
+
     from mvos.export.ptq import from_edge, to_edge
 
     runner = Interpreter(model_content=content, num_threads=threads).get_signature_runner()
@@ -48,6 +49,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+
     from mvos.export.calibrate import calibration_inputs, example_clips, read_clip, video_and_mask
     from mvos.export.convert import quantize_nearest
     from mvos.export.ptq import refine_int8

@@ -272,10 +272,9 @@ def _correct_biases(content: bytearray, subgraph, layers: list[_Layer], referenc
         quantised_runner = interpreter.get_signature_runner(signature)
         low, high = layer.clip
         shift_sum, count = 0.0, 0
-        inputs = quantised_runner.get_input_details()
+        inputs, detail = quantised_runner.get_input_details(), details[layer.output_name]
         for sample, chosen, want in zip(samples, positions[id(layer)], expected[id(layer)]):
             quantised_runner(**{name: to_edge(value, inputs[name]) for name, value in sample.items()})
-            detail = details[layer.output_name]
             out = from_edge(interpreter.get_tensor(detail["index"]), detail)
             got = out.reshape(-1, out.shape[-1])[chosen]
             inside = (want > low) & (want < high) & (got > low) & (got < high)

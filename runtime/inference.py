@@ -158,7 +158,8 @@ class Segmenter:
         # quantisation of the normalised frame gives, in one lookup instead of a float frame and five passes
         # over it (0.5 against 1.6-2.0 ms per 480x854 frame here).
         quantisation = self.backend.frame_quantisation
-        self._quantised = None if quantisation is None else quantise(self._normalise, *quantisation).astype(np.int8)
+        self._quantised = None if quantisation is None else (
+            quantise(self._normalise, *quantisation).astype(np.int8), quantisation[1])  # table, padding's 0.0
 
     @property
     def size(self) -> int | None:
@@ -209,22 +210,21 @@ class Segmenter:
     # ---- internals ---------------------------------------------------------------------------------------
 
     def _prepare_frame(self, frame: np.ndarray, geometry: FrameGeometry) -> torch.Tensor:
-        """H,W,3 uint8 -> 1,3,H,W: (x/255 - mean)/std, resized, zero-padded bottom/right."""
+        """H,W,3 uint8 -> 1,3,H,W: (x/255 - mean)/std, resized, zero-padded bottom/right; as int8 steps for a
+        backend whose key encoder takes int8 frames, when no resize is needed."""
         if frame.dtype != np.uint8:
             raise MvosError(f"frame {self.frame_index}: expected uint8 RGB values, got {frame.dtype}")
         frame = np.ascontiguousarray(frame)
-        if self._quantised is not None and geometry.resized == geometry.original:
-            zero_point = self.backend.frame_quantisation[1]
-            padded = torch.full((1, *geometry.padded, 3), zero_point, dtype=torch.int8)  # the padding's 0.0
-            target = padded[0, : geometry.resized[0], : geometry.resized[1]].numpy()
-            written = cv2.LUT(frame, self._quantised, dst=target)
-            assert np.shares_memory(written, target)
-            return padded.permute(0, 3, 1, 2)  # 1,3,H,W int8, channels-last in memory
-        padded = torch.zeros(1, *geometry.padded, 3)  # NHWC, the frame's own layout and the TFLite graphs'
+        same_size = geometry.resized == geometry.original
+        if self._quantised is not None and same_size:  # int8 for the graph (resized frames go through float)
+            table, zero_point = self._quantised
+            padded = torch.full((1, *geometry.padded, 3), zero_point, dtype=torch.int8)
+        else:
+            table, padded = self._normalise, torch.zeros(1, *geometry.padded, 3)  # NHWC, the frame's own layout
         inside = padded[0, : geometry.resized[0], : geometry.resized[1]]
-        if geometry.resized == geometry.original:
+        if same_size:
             target = inside.numpy()
-            written = cv2.LUT(frame, self._normalise, dst=target)  # straight into the padded frame
+            written = cv2.LUT(frame, table, dst=target)  # straight into the padded frame
             assert np.shares_memory(written, target)  # OpenCV allocates anew, silently, for a dst it cannot take
         else:  # normalising and bilinear resizing are both linear, so normalising first is exact
             source = torch.from_numpy(cv2.LUT(frame, self._normalise)).permute(2, 0, 1)[None]  # channels-last
