@@ -29,7 +29,9 @@ MAX_OBJECTS = 255
 
 
 class Backend(Protocol):
-    """What the engine needs from a network runner. Tensors are torch, batch 1 frame."""
+    """What the engine needs from a network runner. Tensors are torch, batch 1 frame. Features and memory values
+    may come in the backend's own storage (int8 steps of a full-integer export): the engine only stores them
+    and hands them back to the same backend."""
 
     name: str
     fixed_size: tuple[int, int] | None  # (H, W) when the networks only take one input size
@@ -277,11 +279,13 @@ class Segmenter:
 
     def _memorise(self, image: torch.Tensor, features: KeyFeatures, object_probs: torch.Tensor) -> None:
         """object_probs: N,1,H,W aggregated probabilities of this frame's result."""
-        others = others_mask(object_probs, dim=0)  # every object's "others" counts all groups' objects
+        others = None  # every object's "others" counts all groups' objects; only memorised frames need it
         start = 0
         for group in self.groups:
             n = len(group.object_ids)
             if group.memory.wants(self.frame_index):
+                if others is None:
+                    others = others_mask(object_probs, dim=0)
                 masks = object_probs[start:start + n]
                 value = self.backend.encode_value(image, features, masks, others[start:start + n])  # n,Cv,h,w
                 group.memory.write(features.key[0], value.reshape(-1, *value.shape[2:]), self.frame_index)

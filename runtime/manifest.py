@@ -82,6 +82,18 @@ def dequantise(steps: np.ndarray, scale: float, zero_point: int, out: np.ndarray
     return np.multiply(out, np.float32(scale), out=out)
 
 
+def requantisation(source: tuple[float, int], target: tuple[float, int]) -> np.ndarray | None:
+    """How int8 steps of one quantisation (scale, zero point) become another's: a table indexed by the steps'
+    bytes (an int8 array viewed as uint8), or None where every step maps to itself, as between graphs whose
+    scales differ only by float rounding (one tensor calibrated in two graphs): those take the steps as they
+    are, with no dequantise and quantise between them."""
+    steps = np.arange(-128, 128, dtype=np.float32)
+    mapped = quantise(dequantise(steps, *source), *target).astype(np.int8)
+    if np.array_equal(mapped, steps.astype(np.int8)):
+        return None
+    return np.roll(mapped, -128)  # index 0..127 are steps 0..127, 128..255 are -128..-1
+
+
 @dataclass
 class GraphFile:
     path: str

@@ -17,7 +17,7 @@ import torch
 
 from mvos.runtime.errors import MvosError
 from mvos.runtime.io import file_sha256
-from mvos.runtime.manifest import MANIFEST_NAME, GraphFile, Manifest, dequantise, quantise
+from mvos.runtime.manifest import MANIFEST_NAME, GraphFile, Manifest, dequantise, quantise, requantisation
 from mvos.runtime.memory import check_queue_len
 from mvos.runtime.model import KeyFeatures, QueryFeatures
 
@@ -26,14 +26,19 @@ from mvos.runtime.model import KeyFeatures, QueryFeatures
 
 
 class SubgraphRunner:
-    """One .tflite file: named float inputs in, float outputs by meaning out, without allocating per call.
+    """One .tflite file: named inputs in, outputs by meaning out, without allocating per call.
 
-    Inputs are written into the interpreter's own buffers; outputs are copied (dequantised, for int8 graphs)
-    into this runner's buffers, allocated once and overwritten by its next call: callers keep what they need
-    before running the same graph again. (Views of the interpreter's buffers cannot be handed out: it refuses
-    to run while one is referenced.)"""
+    Inputs are written into the interpreter's own buffers; outputs are copied (dequantised, for int8 graphs,
+    unless `int8_outputs`) into this runner's buffers, allocated once and overwritten by its next call: callers
+    keep what they need before running the same graph again. (Views of the interpreter's buffers cannot be
+    handed out: it refuses to run while one is referenced.)
 
-    def __init__(self, model_dir: Path, entry: GraphFile, threads: int | None, check_hash: bool = True):
+    An int8 input takes float arrays (quantised here) or int8 steps: of the quantisation `int8_sources` gives
+    for that input (another graph's output), mapped through a 256-entry table or copied where the two agree,
+    else of the input's own."""
+
+    def __init__(self, model_dir: Path, entry: GraphFile, threads: int | None, check_hash: bool = True,
+                 int8_outputs: bool = False, int8_sources: dict[str, tuple[float, int]] | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = model_dir / entry.path
@@ -54,7 +59,10 @@ class SubgraphRunner:
         self.outputs = {spec.name: (spec, details_out[spec.signature_output]["index"]) for spec in entry.outputs}
         self.scratch = {name: np.empty(spec.shape, np.float32) for name, (spec, _) in self.inputs.items()
                         if spec.dtype == "int8"}
-        self.results = {name: np.empty(spec.shape, np.float32) for name, (spec, _) in self.outputs.items()}
+        self.tables = {name: requantisation(source, (self.inputs[name][0].scale, self.inputs[name][0].zero_point))
+                       for name, source in (int8_sources or {}).items() if self.inputs[name][0].dtype == "int8"}
+        self.results = {name: np.empty(spec.shape, np.int8 if int8_outputs and spec.dtype == "int8" else np.float32)
+                        for name, (spec, _) in self.outputs.items()}
 
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         for name, array in inputs.items():
@@ -63,15 +71,19 @@ class SubgraphRunner:
                 raise MvosError(f"{self.path.name}: input {name} has shape {tuple(array.shape)}, "
                                 f"expected {tuple(spec.shape)}")
             target = self.interpreter.tensor(index)()
-            if spec.dtype == "int8" and array.dtype != np.int8:  # int8 arrays come quantised by these parameters
-                target[...] = quantise(array, spec.scale, spec.zero_point, out=self.scratch[name])
-            else:
+            if spec.dtype != "int8":
                 target[...] = array
+            elif array.dtype != np.int8:
+                target[...] = quantise(array, spec.scale, spec.zero_point, out=self.scratch[name])
+            elif self.tables.get(name) is None:  # steps of this input's own quantisation
+                target[...] = array
+            else:
+                np.take(self.tables[name], array.view(np.uint8), out=target)
             del target  # no view of the interpreter's buffers may outlive this point: it refuses to run
         self.interpreter.invoke()
         for name, (spec, index) in self.outputs.items():
             view, result = self.interpreter.tensor(index)(), self.results[name]
-            if spec.dtype == "int8":
+            if spec.dtype == "int8" and result.dtype != np.int8:
                 dequantise(view, spec.scale, spec.zero_point, out=result)
             else:
                 np.copyto(result, view)
@@ -80,15 +92,16 @@ class SubgraphRunner:
 
 
 def to_numpy(x: torch.Tensor) -> np.ndarray:
-    return x.detach().to(torch.float32).cpu().numpy()
+    """Floats as float32; int8 (a full-integer graph's steps) as they are."""
+    x = x.detach()
+    return (x.to(torch.float32) if x.is_floating_point() else x).cpu().numpy()
 
 
 def nhwc_numpy(x: torch.Tensor) -> np.ndarray:
     """An N,C,H,W tensor as the N,H,W,C array a graph takes: no copy when it is channels-last in memory (the
-    engine keeps frames, features and the memory so for this backend). Floats as float32; int8 (frames the
-    engine quantised for an int8 graph) as they are."""
-    x = x.detach().permute(0, 2, 3, 1)
-    return (x.to(torch.float32) if x.is_floating_point() else x).cpu().numpy()
+    engine keeps frames, features and the memory so for this backend). Floats as float32; int8 (a full-integer
+    graph's steps: frames the engine quantised, features and memory from the graphs) as they are."""
+    return to_numpy(x.permute(0, 2, 3, 1))
 
 
 def nchw_view(array: np.ndarray) -> torch.Tensor:
@@ -112,13 +125,27 @@ def decoder_feeds(query: QueryFeatures, memory_keys: torch.Tensor, memory_values
         count = min(max_objects, num_objects - start)
         chunk = values[..., start * value_dim:(start + count) * value_dim]
         if count < max_objects:
-            pad = np.zeros((*chunk.shape[:3], (max_objects - count) * value_dim), np.float32)
+            # Objects are decoded independently: what fills the padding only affects outputs that are dropped.
+            pad = np.zeros((*chunk.shape[:3], (max_objects - count) * value_dim), chunk.dtype)
             chunk = np.concatenate([chunk, pad], axis=3)
         feeds.append(({**fixed, "mem_values": np.ascontiguousarray(chunk)}, count))
     return feeds
 
 
 # ------------------------------------------------------------------------------------------------- backend
+
+# Where each graph input that another graph makes comes from: (graph, input) -> (graph, output). The memory's
+# keys are key encoder keys and its values value encoder values (`mvos.runtime.memory`).
+PRODUCERS = {
+    ("value_encoder", "f16"): ("key_encoder", "f16"),
+    ("decoder", "key"): ("key_encoder", "key"),
+    ("decoder", "value"): ("key_encoder", "value"),
+    ("decoder", "f8"): ("key_encoder", "f8"),
+    ("decoder", "f4"): ("key_encoder", "f4"),
+    ("decoder", "mem_keys"): ("key_encoder", "key"),
+    ("decoder", "mem_values"): ("value_encoder", "value"),
+}
+
 
 
 class TFLiteBackend:
@@ -156,13 +183,22 @@ class TFLiteBackend:
         self.max_objects = self.manifest.max_objects
         self.value_dim = self.manifest.value_dim
         self.top_k = self.manifest.top_k
-        self.key_encoder = SubgraphRunner(self.model_dir, self.manifest.entry(precision, "key_encoder"),
-                                          self.threads, check_hash)
+        entries = {"key_encoder": self.manifest.entry(precision, "key_encoder"),
+                   "value_encoder": self.manifest.entry(precision, "value_encoder"), "decoder": decoder}
+        # A full-integer export's features and memory stay int8 from the graph that makes them to the one that
+        # takes them (the engine only stores and hands them back): one int8 copy each instead of dequantising
+        # 1.2 M values after the key encoder and quantising 1.5 M before the decoder every frame.
+        made = {(graph, spec.name): (spec.scale, spec.zero_point)
+                for graph, entry in entries.items() for spec in entry.outputs if spec.dtype == "int8"}
+        runners = {}
+        for graph, entry in entries.items():
+            sources = {name: made[source] for (taker, name), source in PRODUCERS.items()
+                       if taker == graph and source in made}
+            runners[graph] = SubgraphRunner(self.model_dir, entry, self.threads, check_hash,
+                                            int8_outputs=graph != "decoder", int8_sources=sources)
+        self.key_encoder, self.value_encoder, self.decoder = (runners[graph] for graph in entries)
         frame = self.key_encoder.inputs["frame"][0]
         self.frame_quantisation = (frame.scale, frame.zero_point) if frame.dtype == "int8" else None
-        self.value_encoder = SubgraphRunner(self.model_dir, self.manifest.entry(precision, "value_encoder"),
-                                            self.threads, check_hash)
-        self.decoder = SubgraphRunner(self.model_dir, decoder, self.threads, check_hash)
 
     def encode_key(self, frame: torch.Tensor) -> KeyFeatures:
         out = self.key_encoder(frame=nhwc_numpy(frame))  # frame: 1,3,H,W (channels-last in memory)

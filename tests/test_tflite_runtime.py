@@ -184,3 +184,42 @@ def test_int8_frames_are_quantised_in_one_lookup(export_dir, model):
         from_int8 = backend.encode_key(quantised).key.clone()
         from_float = backend.encode_key(normalised).key
     torch.testing.assert_close(from_int8, from_float, rtol=0, atol=0)
+
+
+def test_requantisation_maps_every_step_as_dequantise_then_quantise():
+    from mvos.runtime.manifest import dequantise, quantise, requantisation
+
+    steps = np.arange(-128, 128).astype(np.int8)
+    assert requantisation((0.25319337, -6), (0.25319323, -6)) is None  # one tensor calibrated in two graphs
+    for source, target in [((0.2531932, -6), (0.2527640, -5)), ((0.1, 3), (0.05, -20)), ((0.1, 0), (0.1, 1))]:
+        table = requantisation(source, target)
+        expected = quantise(dequantise(steps, *source), *target).astype(np.int8)
+        np.testing.assert_array_equal(np.take(table, steps.view(np.uint8)), expected)
+
+
+def test_int8_features_and_memory_pass_between_graphs_as_steps(export_dir):
+    """A full-integer export's features and memory stay int8 between graphs: the masks are exactly those of the
+    same graphs exchanging floats (dequantised after one graph, quantised before the next), with a quarter of
+    the memory."""
+    from mvos.runtime.tflite import SubgraphRunner
+
+    steps = TFLiteBackend(export_dir, queue_len=2, precision="int8")
+    floats = TFLiteBackend(export_dir, queue_len=2, precision="int8")
+    for graph in ("key_encoder", "value_encoder", "decoder"):
+        runner = getattr(floats, graph)
+        setattr(floats, graph, SubgraphRunner(export_dir, runner.entry, floats.threads))
+    assert any(table is not None for table in steps.decoder.tables.values())  # mem_keys: another calibration
+    frames, masks = synthetic_video(TINY_SIZE, num_frames=8, seed=3)  # 3 objects in 2 groups: padded, chunked
+    settings = DEFAULT.replace(queue_len=2, mem_every=3)
+    results = {}
+    for name, backend in (("steps", steps), ("floats", floats)):
+        segmenter = Segmenter(backend, settings)
+        with torch.inference_mode():
+            results[name] = run_video(segmenter, frames, masks)
+        keys, values = segmenter.groups[0].memory.read()
+        results[name + " memory"] = (keys.dtype, values.dtype, segmenter.memory_nbytes())
+    for a, b in zip(results["steps"], results["floats"]):
+        np.testing.assert_array_equal(a, b)
+    assert results["steps memory"][:2] == (torch.int8, torch.int8)
+    assert results["floats memory"][:2] == (torch.float32, torch.float32)
+    assert results["floats memory"][2] == 4 * results["steps memory"][2]
