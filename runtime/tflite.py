@@ -147,7 +147,6 @@ PRODUCERS = {
 }
 
 
-
 class TFLiteBackend:
     """`Backend` over an export folder: key encoder, value encoder (one object a call) and the decoder of
     this queue length, at the fixed size of the export."""
