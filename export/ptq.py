@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from mvos.runtime.manifest import dequantise, quantise
 
 DAMPING = 0.01  # of H's mean diagonal (GPTQ's default): keeps H invertible where inputs are collinear

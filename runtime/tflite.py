@@ -57,8 +57,7 @@ class SubgraphRunner:
         # litert-torch names outputs after a returned dict's keys, or output_0..N for tuples: the manifest says.
         self.inputs = {spec.name: (spec, details_in[spec.name]["index"]) for spec in entry.inputs}
         self.outputs = {spec.name: (spec, details_out[spec.signature_output]["index"]) for spec in entry.outputs}
-        self.scratch = {name: np.empty(spec.shape, np.float32) for name, (spec, _) in self.inputs.items()
-                        if spec.dtype == "int8"}
+        self.scratch: dict[str, np.ndarray] = {}  # float32 for int8 inputs given floats, made on first use
         self.tables = {name: requantisation(source, (self.inputs[name][0].scale, self.inputs[name][0].zero_point))
                        for name, source in (int8_sources or {}).items() if self.inputs[name][0].dtype == "int8"}
         self.results = {name: np.empty(spec.shape, np.int8 if int8_outputs and spec.dtype == "int8" else np.float32)
@@ -73,8 +72,11 @@ class SubgraphRunner:
             target = self.interpreter.tensor(index)()
             if spec.dtype != "int8":
                 target[...] = array
-            elif array.dtype != np.int8:
-                target[...] = quantise(array, spec.scale, spec.zero_point, out=self.scratch[name])
+            elif array.dtype != np.int8:  # most int8 inputs get steps from another graph and never need this
+                scratch = self.scratch.get(name)
+                if scratch is None:
+                    scratch = self.scratch[name] = np.empty(spec.shape, np.float32)
+                target[...] = quantise(array, spec.scale, spec.zero_point, out=scratch)
             elif self.tables.get(name) is None:  # steps of this input's own quantisation
                 target[...] = array
             else:

@@ -220,6 +220,9 @@ def test_int8_features_and_memory_pass_between_graphs_as_steps(export_dir):
         results[name + " memory"] = (keys.dtype, values.dtype, segmenter.memory_nbytes())
     for a, b in zip(results["steps"], results["floats"]):
         np.testing.assert_array_equal(a, b)
+    # nothing was quantised on the host but the value encoder's masks: no float scratch for the other inputs
+    assert [set(r.scratch) for r in (steps.key_encoder, steps.value_encoder, steps.decoder)] == [
+        set(), {"mask", "others"}, set()]
     assert results["steps memory"][:2] == (torch.int8, torch.int8)
     assert results["floats memory"][:2] == (torch.float32, torch.float32)
     assert results["floats memory"][2] == 4 * results["steps memory"][2]
