@@ -142,24 +142,33 @@ def calibrated_ranges(fp32: bytes, calibration: list[dict], signature: str = "se
     return calib.get_model_qsvs()
 
 
-def quantize_nearest(fp32: bytes, calibration: list[dict], signature: str = "serving_default") -> bytes:
+def quantize_nearest(fp32: bytes, calibration: list[dict], signature: str = "serving_default",
+                     input_ranges: dict[str, tuple[float, float]] | None = None) -> bytes:
     """ai-edge-quantizer's full-integer int8 (weights per output channel rounded to nearest, activations per
-    tensor) with the activation ranges measured on `calibration` (input name -> array, one dict per sample)."""
+    tensor) with the activation ranges measured on `calibration` (input name -> array, one dict per sample),
+    except the inputs `input_ranges` fixes (input name -> (min, max))."""
+    from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import quantizer
 
     q = quantizer.Quantizer(bytearray(fp32), _int8_recipe_manager().get_quantization_recipe())
     ranges = calibrated_ranges(fp32, calibration, signature)
+    if input_ranges:
+        tensors = Interpreter(model_content=fp32).get_signature_runner(signature).get_input_details()
+        for name, (low, high) in input_ranges.items():
+            measured = ranges[tensors[name]["name"]]
+            ranges[tensors[name]["name"]] = dict(measured, min=np.full_like(measured["min"], low),
+                                                 max=np.full_like(measured["max"], high))
     return bytes(q.quantize(ranges, enable_progress_report=False).quantized_model)
 
 
-def quantize_static(fp32: bytes, calibration: list[dict], what: str = "",
-                    signature: str = "serving_default") -> bytes:
+def quantize_static(fp32: bytes, calibration: list[dict], what: str = "", signature: str = "serving_default",
+                    input_ranges: dict[str, tuple[float, float]] | None = None) -> bytes:
     """Full-integer int8 of an fp32 flatbuffer (`quantize_nearest`), then its convolutions' weights
     GPTQ-rounded and their biases corrected on the same calibration samples (`mvos.export.ptq`). The graph's
     edges are int8; the manifest records their scales and zero points."""
     with captured_native_output() as tail:
         try:
-            nearest = quantize_nearest(fp32, calibration, signature)
+            nearest = quantize_nearest(fp32, calibration, signature, input_ranges)
             return refine_int8(fp32, nearest, calibration, signature)[0]
         except Exception as exc:  # ai-edge-quantizer raises plain Exceptions for unsupported graphs
             error = exc

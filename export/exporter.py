@@ -24,7 +24,8 @@ from mvos.export.subgraphs import GraphSpec, check_size, graph_specs, sample_inp
 from mvos.export.verify import FP32_MAX_REL_DIFF, FP32_MIN_IOU, end_to_end, output_parity, run_graph, signature_details
 from mvos.runtime.errors import MvosError
 from mvos.runtime.io import staged_directory
-from mvos.runtime.manifest import MANIFEST_NAME, SUBGRAPHS, ConversionFailure, GraphFile, Manifest, graph_key
+from mvos.runtime.manifest import (MANIFEST_NAME, PRODUCERS, SUBGRAPHS, ConversionFailure, GraphFile, Manifest,
+                                   graph_key)
 from mvos.runtime.memory import check_queue_len
 from mvos.runtime.model import MobileVOS
 from mvos.runtime.settings import PRECISIONS
@@ -154,7 +155,8 @@ def _export_graph(spec: GraphSpec, model: MobileVOS, precisions: list[str], mani
     for precision in precisions:
         try:
             content = {"fp32": lambda: fp32, "fp16": lambda: quantize_fp16(fp32, spec.key),
-                       "int8": lambda: quantize_static(fp32, calibration, spec.key)}[precision]()
+                       "int8": lambda: quantize_static(fp32, calibration, spec.key,
+                                                       input_ranges=_producer_ranges(spec, manifest))}[precision]()
             entry = _entry(spec, precision, content)
         except ConversionError as exc:
             if precision == "fp32":
@@ -176,6 +178,19 @@ def _export_graph(spec: GraphSpec, model: MobileVOS, precisions: list[str], mani
         target.write_bytes(content)
         manifest.put(entry)
         result.added.append(entry)
+
+
+def _producer_ranges(spec: GraphSpec, manifest: Manifest) -> dict[str, tuple[float, float]]:
+    """The int8 range of each input another graph makes, as that graph's int8 output holds it (the producers
+    come first in SUBGRAPHS order): the steps then pass between the graphs as they are, with no mapping. A
+    producer's range covers its taker's: the taker only ever receives what it made."""
+    ranges = {}
+    for (taker, name), (graph, output) in PRODUCERS.items():
+        producer = manifest.entry("int8", graph) if taker == spec.subgraph else None
+        made = next((o for o in producer.outputs if o.name == output), None) if producer else None
+        if made is not None and made.dtype == "int8":
+            ranges[name] = made.int8_range()
+    return ranges
 
 
 def _entry(spec: GraphSpec, precision: str, content: bytes) -> GraphFile:

@@ -32,6 +32,18 @@ MANIFEST_FORMAT = "mobilevos-tflite"
 MANIFEST_VERSION = 2
 SUBGRAPHS = ("key_encoder", "value_encoder", "decoder")  # the three graphs a phone runs, in frame order
 ENCODERS = SUBGRAPHS[:2]
+# Where each graph input that another graph makes comes from: (graph, input) -> (graph, output). The memory's
+# keys are key encoder keys and its values value encoder values (`mvos.runtime.memory`). An int8 export gives
+# each such input its producer's quantisation, so int8 steps pass between graphs as they are.
+PRODUCERS = {
+    ("value_encoder", "f16"): ("key_encoder", "f16"),
+    ("decoder", "key"): ("key_encoder", "key"),
+    ("decoder", "value"): ("key_encoder", "value"),
+    ("decoder", "f8"): ("key_encoder", "f8"),
+    ("decoder", "f4"): ("key_encoder", "f4"),
+    ("decoder", "mem_keys"): ("key_encoder", "key"),
+    ("decoder", "mem_values"): ("value_encoder", "value"),
+}
 
 
 def graph_key(subgraph: str, queue_len: int | None = None) -> str:
@@ -53,6 +65,10 @@ class TensorSpec:
     signature_output: str | None = None  # outputs: what the converted graph calls it (output_0..N)
     scale: float | None = None  # int8 tensors only
     zero_point: int | None = None
+
+    def int8_range(self) -> tuple[float, float]:
+        """The real values an int8 tensor can hold: its steps -128 and 127."""
+        return self.scale * (-128 - self.zero_point), self.scale * (127 - self.zero_point)
 
     def to_graph(self, array: np.ndarray) -> np.ndarray:
         """A float array as this input takes it (quantised for int8 inputs)."""

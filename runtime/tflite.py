@@ -17,7 +17,8 @@ import torch
 
 from mvos.runtime.errors import MvosError
 from mvos.runtime.io import file_sha256
-from mvos.runtime.manifest import MANIFEST_NAME, GraphFile, Manifest, dequantise, quantise, requantisation
+from mvos.runtime.manifest import (MANIFEST_NAME, PRODUCERS, GraphFile, Manifest, dequantise, quantise,
+                                   requantisation)
 from mvos.runtime.memory import check_queue_len
 from mvos.runtime.model import KeyFeatures, QueryFeatures
 
@@ -135,18 +136,6 @@ def decoder_feeds(query: QueryFeatures, memory_keys: torch.Tensor, memory_values
 
 
 # ------------------------------------------------------------------------------------------------- backend
-
-# Where each graph input that another graph makes comes from: (graph, input) -> (graph, output). The memory's
-# keys are key encoder keys and its values value encoder values (`mvos.runtime.memory`).
-PRODUCERS = {
-    ("value_encoder", "f16"): ("key_encoder", "f16"),
-    ("decoder", "key"): ("key_encoder", "key"),
-    ("decoder", "value"): ("key_encoder", "value"),
-    ("decoder", "f8"): ("key_encoder", "f8"),
-    ("decoder", "f4"): ("key_encoder", "f4"),
-    ("decoder", "mem_keys"): ("key_encoder", "key"),
-    ("decoder", "mem_values"): ("value_encoder", "value"),
-}
 
 
 class TFLiteBackend:

@@ -222,6 +222,25 @@ def test_int8_keeps_the_memory_read_and_relus_in_float(export_dir, manifest):
         assert all(kind == "FLOAT32" for kind in relus), entry.path
 
 
+def test_int8_inputs_made_by_another_graph_take_its_quantisation(manifest):
+    """Features and memory go from the graph that makes them to the one that takes them as int8 steps: each taker
+    input has its producer's scale and zero point, so the steps need no mapping (the decoder's memory keys, a
+    subset of the frames, once calibrated to a range of their own)."""
+    from mvos.runtime.manifest import PRODUCERS, requantisation
+
+    checked = 0
+    for entry in (e for e in manifest.files if e.precision == "int8"):
+        for spec in entry.inputs:
+            source = PRODUCERS.get((entry.subgraph, spec.name))
+            if source is None:
+                continue
+            made = next(o for o in manifest.entry("int8", source[0]).outputs if o.name == source[1])
+            assert requantisation((made.scale, made.zero_point), (spec.scale, spec.zero_point)) is None, \
+                (entry.path, spec.name)
+            checked += 1
+    assert checked == 1 + 2 * 6  # value encoder's f16; the decoders' (T=1, 2) six inputs
+
+
 def test_calibration_of_a_one_object_clip_covers_the_others_input(model):
     """"others" is all zero with one object; calibrated on that alone, int8 got a near-zero scale that XNNPACK
     refused to load (the shipped weights' value encoder)."""
