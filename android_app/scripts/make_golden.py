@@ -2,11 +2,13 @@
 export of the shipped default weights on a short real clip through the TFLite runtime.
 
 Written into android_app/core/src/test/resources/golden/ (index.json + little-endian .bin arrays):
-  export/manifest.json            the export's manifest (the Kotlin tests parse the real thing)
-  frames[t]: camera RGB bytes, the prepared key-encoder input, the memory after the frame (which frame each
-             slot holds, keys and values in the graphs' layouts), the label map, and (frames 1 and 3) the 1+N
-             probabilities at the camera's size
-  calls[k]:  every graph call in order with its float inputs and outputs, for the Kotlin engine to replay
+  export/manifest.json            the export's manifest, fp32 and int8 (the Kotlin tests parse the real thing)
+  runs[precision], for fp32 and int8:
+    frames[t]: camera RGB bytes, the prepared key-encoder input, the memory after the frame (which frame each
+               slot holds, keys and values in the graphs' layouts), the label map, and (frames 1 and 3) the 1+N
+               probabilities at the camera's size
+    calls[k]:  every graph call in order with its inputs and outputs (floats, or int8 steps where the graphs pass
+               them), for the Kotlin engine to replay
   box_prompt: where GrabCut runs for dragged boxes (mvos.runtime.boxes) on frames of several sizes
 
 The clip is examples/dog.mp4, five frames shrunk to a 192x108 "camera", with three objects (the dog of
@@ -32,6 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "android_app" / "core" / "src" / "test" / "resources" / "golden"
 SIZE, QUEUE_LEN, MEM_EVERY, MAX_OBJECTS, FRAMES, CAMERA = (64, 112), 3, 2, 2, 5, (108, 192)
+PRECISIONS = ["fp32", "int8"]  # int8: features and memory pass between the graphs as int8 steps
 BOXES = [(150, 145, 300, 372), (365, 325, 490, 400)]  # the person, the leash (x0, y0, x1, y1 at 854x480)
 
 
@@ -45,7 +48,8 @@ class Writer:
     def array(self, value: np.ndarray) -> dict:
         """Saves an array, returns its index entry."""
         value = np.ascontiguousarray(value)
-        dtype = {np.dtype(np.float32): "float32", np.dtype(np.uint8): "uint8", np.dtype(np.int32): "int32"}[value.dtype]
+        dtype = {np.dtype(np.float32): "float32", np.dtype(np.uint8): "uint8", np.dtype(np.int32): "int32",
+                 np.dtype(np.int8): "int8"}[value.dtype]
         data = value.astype(value.dtype.newbyteorder("<")).tobytes()
         name = self.files.get(data)
         if name is None:
@@ -54,8 +58,14 @@ class Writer:
         return {"file": name, "shape": list(value.shape), "dtype": dtype}
 
 
+def as_passed(value) -> np.ndarray:
+    """An array as it went between the engine and a graph: int8 steps stay int8, the rest is float32."""
+    value = np.asarray(value)
+    return value if value.dtype == np.int8 else value.astype(np.float32)
+
+
 class Recorder:
-    """A SubgraphRunner stand-in that records every call's float inputs and outputs."""
+    """A SubgraphRunner stand-in that records every call's inputs and outputs (floats, or int8 steps)."""
 
     def __init__(self, runner, graph: str, calls: list, writer: Writer, frame: list[int]):
         self.runner, self.graph, self.calls, self.writer, self.frame = runner, graph, calls, writer, frame
@@ -63,8 +73,8 @@ class Recorder:
     def __call__(self, **inputs):
         outputs = self.runner(**inputs)
         self.calls.append({"graph": self.graph, "frame": self.frame[0],
-                           "inputs": {k: self.writer.array(np.asarray(v, np.float32)) for k, v in inputs.items()},
-                           "outputs": {k: self.writer.array(np.asarray(v, np.float32)) for k, v in outputs.items()}})
+                           "inputs": {k: self.writer.array(as_passed(v)) for k, v in inputs.items()},
+                           "outputs": {k: self.writer.array(as_passed(v)) for k, v in outputs.items()}})
         return outputs
 
 
@@ -98,56 +108,67 @@ def box_prompt() -> dict:
             "boxes": [list(b) for b in boxes], "paint_order": paint_order(boxes)}
 
 
+def record(export: Path, precision: str, camera: list[np.ndarray], mask: np.ndarray, writer: Writer) -> dict:
+    """The Python engine on the camera frames with one precision's graphs: every graph call, and per frame what
+    the Kotlin engine must reproduce."""
+    import torch
+
+    from mvos.runtime.inference import Segmenter
+    from mvos.runtime.settings import DEFAULT
+    from mvos.runtime.tflite import TFLiteBackend
+
+    calls, frame_index = [], [0]
+    backend = TFLiteBackend(export, queue_len=QUEUE_LEN, precision=precision)
+    for graph in ("key_encoder", "value_encoder", "decoder"):
+        setattr(backend, graph, Recorder(getattr(backend, graph), graph, calls, writer, frame_index))
+    segmenter = Segmenter(backend, DEFAULT.replace(queue_len=QUEUE_LEN, mem_every=MEM_EVERY))
+    frames = []
+    with torch.inference_mode():
+        for t, rgb in enumerate(camera):
+            frame_index[0] = t
+            probs = segmenter.step(rgb, mask if t == 0 else None)
+            memory = segmenter.groups[0].memory
+            prepared = next(c for c in calls if c["frame"] == t and c["graph"] == "key_encoder")["inputs"]["frame"]
+            frames.append({
+                "camera": writer.array(rgb), "mask": writer.array(mask) if t == 0 else None, "prepared": prepared,
+                # Probabilities at the camera size are the largest arrays: two frames check post-processing.
+                "probs": writer.array(probs.astype(np.float32)) if t in (1, 3) else None,
+                "labels": writer.array(segmenter.index_map(probs)),
+                "frame_of_slot": list(memory.frame_of_slot),
+                "memory_keys": writer.array(as_passed(memory.keys.numpy())),  # T,Ck,h,w
+                "memory_values": writer.array(as_passed(memory.values.permute(0, 2, 3, 1).numpy())),  # T,h,w,N*Cv
+            })
+    return {"frames": frames, "calls": calls, "object_ids": segmenter.object_ids}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default=None, help="a checkpoint (default: the shipped default weights)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
 
-    import torch
-
     from mvos.export.exporter import ensure_exported
-    from mvos.runtime.inference import Segmenter
     from mvos.runtime.io import staged_directory
     from mvos.runtime.loading import load_model
-    from mvos.runtime.settings import DEFAULT
-    from mvos.runtime.tflite import TFLiteBackend
 
     loaded = load_model(None, args.weights)
     camera, mask = clip()
     # The old vectors are replaced only once the new ones are complete.
     with tempfile.TemporaryDirectory() as tmp, staged_directory(args.out) as staging:
         export = Path(tmp) / "export"
-        ensure_exported(export, loaded.model, loaded.source, SIZE, [QUEUE_LEN], ["fp32"], MAX_OBJECTS, progress=False)
+        ensure_exported(export, loaded.model, loaded.source, SIZE, [QUEUE_LEN], PRECISIONS, MAX_OBJECTS,
+                        progress=False)  # int8 calibrated on the examples, as `mvos export` does
         (staging / "export").mkdir()
         shutil.copy(export / "manifest.json", staging / "export" / "manifest.json")
-        writer, calls, frame_index = Writer(staging), [], [0]
-        backend = TFLiteBackend(export, queue_len=QUEUE_LEN, precision="fp32")
-        for graph in ("key_encoder", "value_encoder", "decoder"):
-            setattr(backend, graph, Recorder(getattr(backend, graph), graph, calls, writer, frame_index))
-        segmenter = Segmenter(backend, DEFAULT.replace(queue_len=QUEUE_LEN, mem_every=MEM_EVERY))
-        frames = []
-        with torch.inference_mode():
-            for t, rgb in enumerate(camera):
-                frame_index[0] = t
-                probs = segmenter.step(rgb, mask if t == 0 else None)
-                memory = segmenter.groups[0].memory
-                prepared = next(c for c in calls if c["frame"] == t and c["graph"] == "key_encoder")["inputs"]["frame"]
-                frames.append({
-                    "camera": writer.array(rgb), "mask": writer.array(mask) if t == 0 else None, "prepared": prepared,
-                    # Probabilities at the camera size are the largest arrays: two frames check post-processing.
-                    "probs": writer.array(probs.astype(np.float32)) if t in (1, 3) else None,
-                    "labels": writer.array(segmenter.index_map(probs)),
-                    "frame_of_slot": list(memory.frame_of_slot),
-                    "memory_keys": writer.array(memory.keys.numpy()),  # T,Ck,h,w
-                    "memory_values": writer.array(memory.values.permute(0, 2, 3, 1).numpy()),  # T,h,w,N*Cv
-                })
+        writer = Writer(staging)
+        runs = {precision: record(export, precision, camera, mask, writer) for precision in PRECISIONS}
         index = {"clip": f"examples/dog.mp4 (frames 0-{FRAMES - 1} at 192x108)", "weights": loaded.source,
                  "size": list(SIZE), "queue_len": QUEUE_LEN, "mem_every": MEM_EVERY, "max_objects": MAX_OBJECTS,
-                 "object_ids": segmenter.object_ids, "box_prompt": box_prompt(), "frames": frames, "calls": calls}
+                 "object_ids": runs["fp32"]["object_ids"], "box_prompt": box_prompt(), "runs": runs}
         (staging / "index.json").write_text(json.dumps(index, indent=1) + "\n")
+        calls = sum(len(run["calls"]) for run in runs.values())
     total = sum(p.stat().st_size for p in args.out.rglob("*"))
-    print(f"wrote {args.out} ({len(calls)} graph calls, {FRAMES} frames, {total / 1e6:.1f} MB)")
+    print(f"wrote {args.out} ({calls} graph calls, {FRAMES} frames in {', '.join(PRECISIONS)}, {total / 1e6:.1f} MB)")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 package org.mobilevos.demo
 
 import android.util.Log
+import org.mobilevos.core.FloatTensor
 import org.mobilevos.core.GraphFile
+import org.mobilevos.core.Int8Tensor
 import org.mobilevos.core.Manifest
 import org.mobilevos.core.Quantization
 import org.mobilevos.core.SubgraphRunner
+import org.mobilevos.core.Tensor
 import org.tensorflow.lite.Delegate
 import org.tensorflow.lite.Interpreter
 import org.tensorflow.lite.gpu.CompatibilityList
@@ -62,25 +65,30 @@ class LiteRtGraphs(
         delegates.forEach { it.close() }
     }
 
-    /** Float arrays in and out by the manifest's names; int8 edges quantised with the manifest's scales. */
+    /**
+     * Tensors in and out by the manifest's names. An int8 output comes back as its steps (the next graph takes
+     * them as they are); an int8 input takes steps or floats ([Quantization.toInput]). Buffers are made once.
+     */
     private class Runner(val interpreter: Interpreter, private val entry: GraphFile) : SubgraphRunner {
         private val inputs = entry.inputs.associate { it.name to buffer(it.size, it.dtype) }
         private val outputs = entry.outputs.associate { (it.signatureOutput ?: it.name) to buffer(it.size, it.dtype) }
-        private val results = entry.outputs.associate { it.name to FloatArray(it.size) } // reused every call
-        private val scratch = (entry.inputs + entry.outputs).filter { it.dtype == "int8" }
-            .associate { it.name to ByteArray(it.size) }
+        private val results: Map<String, Tensor> = entry.outputs.associate { // reused every call
+            it.name to if (it.dtype == "int8") Int8Tensor(ByteArray(it.size), it.scale!!, it.zeroPoint!!)
+            else FloatTensor(FloatArray(it.size))
+        }
+        private val scratch = entry.inputs.filter { it.dtype == "int8" }.associate { it.name to ByteArray(it.size) }
 
-        override fun run(inputs: Map<String, FloatArray>): Map<String, FloatArray> {
+        override fun run(inputs: Map<String, Tensor>): Map<String, Tensor> {
             for (spec in entry.inputs) {
-                val data = inputs.getValue(spec.name)
-                require(data.size == spec.size) { "${entry.path}: input ${spec.name} has ${data.size} values, expected ${spec.size}" }
+                val value = inputs.getValue(spec.name)
+                require(value.size == spec.size) { "${entry.path}: input ${spec.name} has ${value.size} values, expected ${spec.size}" }
                 val target = this.inputs.getValue(spec.name).apply { rewind() }
                 if (spec.dtype == "int8") {
                     val q = scratch.getValue(spec.name)
-                    Quantization.quantize(spec, data, q)
+                    Quantization.toInput(value, spec, q)
                     target.put(q)
                 } else {
-                    target.asFloatBuffer().put(data)
+                    target.asFloatBuffer().put(value.floats())
                 }
                 target.rewind()
             }
@@ -88,12 +96,9 @@ class LiteRtGraphs(
             interpreter.runSignature(this.inputs, outputs, entry.signature)
             for (spec in entry.outputs) {
                 val source = outputs.getValue(spec.signatureOutput ?: spec.name).apply { rewind() }
-                val result = results.getValue(spec.name)
-                if (spec.dtype == "int8") {
-                    val q = scratch.getValue(spec.name).also { source.get(it) }
-                    Quantization.dequantize(spec, q, result)
-                } else {
-                    source.asFloatBuffer().get(result)
+                when (val result = results.getValue(spec.name)) {
+                    is Int8Tensor -> source.get(result.data)
+                    is FloatTensor -> source.asFloatBuffer().get(result.data)
                 }
             }
             return results

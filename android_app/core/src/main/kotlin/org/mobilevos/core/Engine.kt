@@ -1,12 +1,12 @@
 package org.mobilevos.core
 
 /**
- * One exported graph as the engine sees it: float inputs by name in, float outputs by name out (an int8 graph's
- * runner quantises and dequantises with its [TensorSpec]s; see [Quantization]). The app runs LiteRT behind this;
- * the tests replay outputs the Python engine recorded.
+ * One exported graph as the engine sees it: tensors by name in, tensors by name out, each output as the graph
+ * gives it (an int8 output as its steps, see [Tensor]). The app runs LiteRT behind this; the tests replay outputs
+ * the Python engine recorded.
  */
 fun interface SubgraphRunner {
-    fun run(inputs: Map<String, FloatArray>): Map<String, FloatArray>
+    fun run(inputs: Map<String, Tensor>): Map<String, Tensor>
 }
 
 class FrameResult(
@@ -54,7 +54,7 @@ class Engine(
         require(rgb.size == height * width * 3) { "frame $frameIndex: expected ${height}x${width}x3 RGB bytes" }
         val millis = LinkedHashMap<String, Double>()
         val g = Geometry.forFrame(height, width, manifest.inputSize[0], manifest.inputSize[1])
-        val frame = Preprocess.frame(rgb, g, manifest.mean, manifest.std)
+        val frame = FloatTensor(Preprocess.frame(rgb, g, manifest.mean, manifest.std))
         val features = timed(millis, "key_encoder") { keyEncoder.run(mapOf("frame" to frame)) }
 
         var objectProbs = predict(features, millis)
@@ -75,7 +75,7 @@ class Engine(
         return FrameResult(restored, Postprocess.labels(restored, objectIds), millis)
     }
 
-    private fun predict(features: Map<String, FloatArray>, millis: MutableMap<String, Double>): Array<FloatArray> {
+    private fun predict(features: Map<String, Tensor>, millis: MutableMap<String, Double>): Array<FloatArray> {
         val memory = memory ?: return emptyArray()
         val n = objectIds.size
         val maxObjects = manifest.maxObjects
@@ -85,7 +85,7 @@ class Engine(
         var start = 0
         while (start < n) { // the graph takes exactly maxObjects: fewer are zero-padded, more run in chunks
             val count = minOf(maxObjects, n - start)
-            val values = FloatArray(queueLen * h * w * maxObjects * cv)
+            val values = memory.values.blank(queueLen * h * w * maxObjects * cv) // padding: dropped outputs
             for (slot in 0 until queueLen) for (p in 0 until h * w) {
                 memory.values.copyInto(values, ((slot * h * w + p) * maxObjects) * cv,
                     ((slot * h * w + p) * n + start) * cv, ((slot * h * w + p) * n + start + count) * cv)
@@ -94,28 +94,30 @@ class Engine(
                 decoder.run(mapOf("key" to features.getValue("key"), "value" to features.getValue("value"),
                     "f8" to features.getValue("f8"), "f4" to features.getValue("f4"),
                     "mem_keys" to memory.keys, "mem_values" to values))
-            }.getValue("logits") // maxObjects x H x W x 1
+            }.getValue("logits").floats() // maxObjects x H x W x 1
             for (o in 0 until count) out.add(Postprocess.sigmoid(logits.copyOfRange(o * pixels, (o + 1) * pixels)))
             start += count
         }
         return out.toTypedArray()
     }
 
-    private fun memorise(features: Map<String, FloatArray>, objectProbs: Array<FloatArray>,
+    private fun memorise(features: Map<String, Tensor>, objectProbs: Array<FloatArray>,
                          millis: MutableMap<String, Double>) {
         val memory = memory ?: return
         if (!memory.wants(frameIndex)) return
         val others = MemoryProtocol.others(objectProbs)
         val n = objectProbs.size
         val cv = manifest.valueDim
-        val stacked = FloatArray(valueSize * n) // h x w x n*Cv: object o on channels o*Cv..(o+1)*Cv
+        var stacked: Tensor? = null // h x w x n*Cv: object o on channels o*Cv..(o+1)*Cv
         for (o in 0 until n) {
             val value = timed(millis, "value_encoder") {
-                valueEncoder.run(mapOf("f16" to features.getValue("f16"), "mask" to objectProbs[o], "others" to others[o]))
+                valueEncoder.run(mapOf("f16" to features.getValue("f16"), "mask" to FloatTensor(objectProbs[o]),
+                    "others" to FloatTensor(others[o])))
             }.getValue("value")
-            for (p in 0 until h * w) value.copyInto(stacked, (p * n + o) * cv, p * cv, (p + 1) * cv)
+            val into = stacked ?: value.blank(valueSize * n).also { stacked = it }
+            for (p in 0 until h * w) value.copyInto(into, (p * n + o) * cv, p * cv, (p + 1) * cv)
         }
-        memory.write(features.getValue("key"), stacked, frameIndex)
+        memory.write(features.getValue("key"), stacked!!, frameIndex)
     }
 
     private inline fun <T> timed(millis: MutableMap<String, Double>, name: String, block: () -> T): T {
@@ -123,22 +125,5 @@ class Engine(
         val result = block()
         millis[name] = (millis[name] ?: 0.0) + (System.nanoTime() - start) / 1e6
         return result
-    }
-}
-
-/** int8 graph edges: real = scale * (q - zeroPoint), as `quantise` / `dequantise` in mvos.runtime.manifest. */
-object Quantization {
-    fun quantize(spec: TensorSpec, real: FloatArray, into: ByteArray) {
-        val scale = spec.scale!!
-        val zero = spec.zeroPoint!!
-        for (i in real.indices) {
-            into[i] = (Math.rint((real[i] / scale).toDouble()) + zero).coerceIn(-128.0, 127.0).toInt().toByte()
-        }
-    }
-
-    fun dequantize(spec: TensorSpec, q: ByteArray, into: FloatArray) {
-        val scale = spec.scale!!
-        val zero = spec.zeroPoint!!
-        for (i in q.indices) into[i] = (q[i] - zero) * scale
     }
 }

@@ -46,16 +46,18 @@ object MemoryProtocol {
 /**
  * T fixed slots for one group of objects, in the layouts the decoder graph takes: keys slot-major and channels
  * first (T, Ck, h, w); values slot-major and position-major (T, h, w, n*Cv), object i on channels i*Cv until
- * (i+1)*Cv. Allocated once; written in place.
+ * (i+1)*Cv. Floats or int8 steps, as the graphs make them (an int8 memory is a quarter of the bytes): allocated at
+ * the first write, in the kind written; written in place after it.
  */
 class FixedQueueMemory(val queueLen: Int, val keySize: Int, val valueSize: Int, val every: Int = 1) {
-    val keys = FloatArray(queueLen * keySize)
-    val values = FloatArray(queueLen * valueSize)
+    private var keySlots: Tensor? = null
+    private var valueSlots: Tensor? = null
+    val keys: Tensor get() = checkNotNull(keySlots) { "the memory is empty" }
+    val values: Tensor get() = checkNotNull(valueSlots) { "the memory is empty" }
     val frameOfSlot = IntArray(queueLen)
     var writes = 0
         private set
-    var empty = true
-        private set
+    val empty: Boolean get() = keySlots == null
 
     init {
         MemoryProtocol.checkQueueLen(queueLen)
@@ -66,11 +68,12 @@ class FixedQueueMemory(val queueLen: Int, val keySize: Int, val valueSize: Int, 
     fun wants(frameIndex: Int): Boolean =
         empty || (queueLen > 1 && MemoryProtocol.memorised(frameIndex, frameOfSlot[0], every))
 
-    fun write(key: FloatArray, value: FloatArray, frameIndex: Int) {
+    fun write(key: Tensor, value: Tensor, frameIndex: Int) {
         require(key.size == keySize && value.size == valueSize) { "memory write of the wrong size" }
         if (empty) { // the reference fills every slot: unwritten slots repeat it (what the PyTorch engine does)
+            keySlots = key.blank(queueLen * keySize)
+            valueSlots = value.blank(queueLen * valueSize)
             for (slot in 0 until queueLen) put(slot, key, value, frameIndex)
-            empty = false
             return
         }
         val slot = MemoryProtocol.writeSlot(writes, queueLen) ?: return
@@ -78,7 +81,7 @@ class FixedQueueMemory(val queueLen: Int, val keySize: Int, val valueSize: Int, 
         writes++
     }
 
-    private fun put(slot: Int, key: FloatArray, value: FloatArray, frameIndex: Int) {
+    private fun put(slot: Int, key: Tensor, value: Tensor, frameIndex: Int) {
         key.copyInto(keys, slot * keySize)
         value.copyInto(values, slot * valueSize)
         frameOfSlot[slot] = frameIndex

@@ -13,11 +13,18 @@ object Golden {
 
     val manifest: Manifest by lazy { Manifest.read(File(dir, "export")) }
 
-    @Suppress("UNCHECKED_CAST")
-    val frames = index["frames"] as List<Map<String, Any?>>
+    /** What the Python engine did with one precision's graphs: its frames and its graph calls in order. */
+    class Run(val frames: List<Map<String, Any?>>, val calls: List<Map<String, Any?>>)
 
     @Suppress("UNCHECKED_CAST")
-    val calls = index["calls"] as List<Map<String, Any?>>
+    fun run(precision: String): Run {
+        val run = (index["runs"] as Map<String, Any?>)[precision] as Map<String, Any?>
+        return Run(run["frames"] as List<Map<String, Any?>>, run["calls"] as List<Map<String, Any?>>)
+    }
+
+    val frames = run("fp32").frames
+
+    val calls = run("fp32").calls
 
     val queueLen = (index["queue_len"] as Long).toInt()
 
@@ -33,6 +40,12 @@ object Golden {
     }
 
     fun bytes(entry: Any?): ByteArray = raw(entry)
+
+    fun dtype(entry: Any?): String = (entry as Map<*, *>)["dtype"] as String
+
+    /** A recorded array as the engine passes it: int8 steps (of [spec]'s quantisation) or floats. */
+    fun tensor(entry: Any?, spec: TensorSpec): Tensor =
+        if (dtype(entry) == "int8") Int8Tensor(bytes(entry), spec.scale!!, spec.zeroPoint!!) else FloatTensor(floats(entry))
 
     /** Channel-planar maps (C x H x W) of a C,H,W array. */
     fun planes(entry: Any?): Array<FloatArray> {

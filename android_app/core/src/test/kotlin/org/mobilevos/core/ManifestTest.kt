@@ -5,6 +5,7 @@ import java.nio.file.Files
 import kotlin.test.Test
 import kotlin.test.assertContains
 import kotlin.test.assertEquals
+import kotlin.test.assertTrue
 import kotlin.test.assertFailsWith
 
 class ManifestTest {
@@ -16,13 +17,16 @@ class ManifestTest {
         assertEquals(listOf(64, 112), m.inputSize.toList())
         assertEquals(listOf(4, 7), m.featureSize.toList())
         assertEquals(2, m.maxObjects)
-        assertEquals(listOf("fp32"), m.precisions())
+        assertEquals(listOf("fp32", "int8"), m.precisions())
         val decoder = m.entry("fp32", "decoder", Golden.queueLen)!!
         assertEquals(listOf(Golden.queueLen, m.keyDim, 4, 7), decoder.input("mem_keys").shape.toList())
         assertEquals(listOf(Golden.queueLen, 4, 7, 2 * m.valueDim), decoder.input("mem_values").shape.toList())
         assertEquals(listOf(2, 64, 112, 1), decoder.output("logits").shape.toList())
         assertEquals(listOf(1, 64, 112, 3), m.entry("fp32", "key_encoder")!!.input("frame").shape.toList())
         assertEquals("fp32/decoder_T3.tflite", decoder.path)
+        val int8 = m.entry("int8", "decoder", Golden.queueLen)!!.input("mem_keys")
+        assertEquals("int8", int8.dtype)
+        assertTrue(int8.scale!! > 0f && int8.zeroPoint!! in -128..127)
     }
 
     @Test
