@@ -1,0 +1,86 @@
+"""Where an export's masks differ from fp32 PyTorch, one step at a time (the exported graphs memorising PyTorch's
+masks, as `benchmarks/export_agreement.py`'s one-step IoU): how wide fp32's unsure band is on each clip (pixels
+whose object probability is between 0.2 and 0.8, over the object's area), how many pixels the export labels
+otherwise (over the object's area), and how many of those lie inside the band. Writes unsure_band.csv.
+
+    D=../shared/datasets/davis2016-train
+    python benchmarks/int8_unsure_band.py --model-dir /tmp/export --out benchmarks/results/int8_unsure_band \\
+        --clip examples/dog.mp4:examples/dog_00000.png \\
+        --clip $D/JPEGImages/480p/bear:$D/Annotations/480p/bear/00000.png
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+UNSURE = (0.2, 0.8)  # fp32 object probabilities the band spans
+
+
+def band_stats(expected: list[np.ndarray], got: list[np.ndarray]) -> dict:
+    """Over every frame and object of 1+N,H,W probabilities (background first): the band, the pixels labelled
+    otherwise, and the share of those inside the band, each over the reference's object pixels."""
+    area = band = differ = differ_in_band = 0
+    for ref, out in zip(expected, got):
+        a, b = ref.argmax(0), out.argmax(0)
+        for label in range(1, ref.shape[0]):
+            unsure = (ref[label] > UNSURE[0]) & (ref[label] < UNSURE[1])
+            x, y = a == label, b == label
+            flipped = x ^ y
+            area += int(x.sum())
+            band += int(unsure.sum())
+            differ += int(flipped.sum())
+            differ_in_band += int((flipped & unsure).sum())
+    return {"object_pixels": area, "band_over_area": band / max(area, 1), "differ_over_area": differ / max(area, 1),
+            "differ_in_band": differ_in_band / max(differ, 1), "differ_over_band": differ / max(band, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, required=True, help="an `mvos export` folder")
+    parser.add_argument("--clip", action="append", required=True, metavar="VIDEO:MASK",
+                        help="a video (file or frames folder) and its first-frame mask; repeatable")
+    parser.add_argument("--precision", default="int8")
+    parser.add_argument("--weights", default=None, help="the checkpoint the export was made from (default: shipped)")
+    parser.add_argument("--queue-len", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/int8_unsure_band"))
+    args = parser.parse_args()
+
+    import torch
+
+    from mvos.export.calibrate import read_clip, video_and_mask
+    from mvos.export.verify import MaskRecorder, MaskReplay, exported_model, run_video
+    from mvos.runtime.inference import Segmenter, TorchBackend
+    from mvos.runtime.io import write_csv
+    from mvos.runtime.settings import InferenceSettings
+    from mvos.runtime.tflite import TFLiteBackend
+
+    torch.set_num_threads(args.threads)
+    manifest, model = exported_model(args.model_dir, args.weights)
+    settings = InferenceSettings(queue_len=args.queue_len, top_k=manifest.top_k)
+    exported = TFLiteBackend(args.model_dir, args.queue_len, threads=args.threads, precision=args.precision)
+    rows = []
+    for text in args.clip:
+        video, mask = video_and_mask(text, "--clip")
+        clip = read_clip(video, mask)
+        with torch.inference_mode():
+            reference = TorchBackend(model, manifest.top_k)
+            reference.fixed_size = exported.fixed_size  # the export's resize and padding
+            recorder = MaskRecorder(reference)
+            expected = run_video(Segmenter(recorder, settings), clip.frames, {0: clip.mask})
+            got = run_video(Segmenter(MaskReplay(exported, recorder.calls), settings), clip.frames, {0: clip.mask})
+        row = {"clip": video.stem, "precision": args.precision, "frames": len(clip.frames), **band_stats(expected, got)}
+        rows.append(row)
+        print(f"{row['clip']:<12} unsure band {row['band_over_area']:.3f} of the object, labelled otherwise "
+              f"{row['differ_over_area']:.4f} ({row['differ_over_band']:.3f} of the band), "
+              f"{row['differ_in_band']:.3f} of them inside the band", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_csv(args.out / "unsure_band.csv", rows)
+    print(f"wrote {args.out / 'unsure_band.csv'}")
+
+
+if __name__ == "__main__":
+    main()
