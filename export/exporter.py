@@ -186,9 +186,11 @@ def _producer_ranges(spec: GraphSpec, manifest: Manifest) -> dict[str, tuple[flo
     producer's range covers its taker's: the taker only ever receives what it made."""
     ranges = {}
     for (taker, name), (graph, output) in PRODUCERS.items():
-        producer = manifest.entry("int8", graph) if taker == spec.subgraph else None
-        made = next((o for o in producer.outputs if o.name == output), None) if producer else None
-        if made is not None and made.dtype == "int8":
+        producer = manifest.entry("int8", graph)
+        if taker != spec.subgraph or producer is None:
+            continue
+        made = next(o for o in producer.outputs if o.name == output)
+        if made.dtype == "int8":
             ranges[name] = made.int8_range()
     return ranges
 
