@@ -195,7 +195,7 @@ class MainActivity : AppCompatActivity() {
         val gpu = intent.getStringExtra("delegate") != "cpu"
         val exported = manifest.precisions()
         val precision = intent.getStringExtra("precision")
-            // int8 is opt-in: its masks follow fp32 poorly with the shipped weights (docs/benchmarks.md)
+            // int8 is opt-in: it follows fp32 closely only where the model's masks are sharp (docs/benchmarks.md)
             ?: (if (gpu) listOf("fp16", "fp32") else listOf("fp32", "fp16")).firstOrNull { it in exported }
             ?: exported.first()
         // the export's own queue length (mvos export's default is the inference default, T=2)
