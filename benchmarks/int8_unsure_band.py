@@ -52,8 +52,7 @@ def main() -> None:
     import torch
 
     from mvos.export.calibrate import read_clip, video_and_mask
-    from mvos.export.verify import MaskRecorder, MaskReplay, exported_model, run_video
-    from mvos.runtime.inference import Segmenter, TorchBackend
+    from mvos.export.verify import exported_model, one_step_run, reference_run
     from mvos.runtime.io import write_csv
     from mvos.runtime.settings import InferenceSettings
     from mvos.runtime.tflite import TFLiteBackend
@@ -66,12 +65,10 @@ def main() -> None:
     for text in args.clip:
         video, mask = video_and_mask(text, "--clip")
         clip = read_clip(video, mask)
+        masks = {0: clip.mask}
         with torch.inference_mode():
-            reference = TorchBackend(model, manifest.top_k)
-            reference.fixed_size = exported.fixed_size  # the export's resize and padding
-            recorder = MaskRecorder(reference)
-            expected = run_video(Segmenter(recorder, settings), clip.frames, {0: clip.mask})
-            got = run_video(Segmenter(MaskReplay(exported, recorder.calls), settings), clip.frames, {0: clip.mask})
+            expected, memorised = reference_run(model, manifest.top_k, exported.fixed_size, settings, clip.frames, masks)
+            got = one_step_run(exported, memorised, settings, clip.frames, masks)
         row = {"clip": video.stem, "precision": args.precision, "frames": len(clip.frames), **band_stats(expected, got)}
         rows.append(row)
         print(f"{row['clip']:<12} unsure band {row['band_over_area']:.3f} of the object, labelled otherwise "

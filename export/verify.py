@@ -158,6 +158,23 @@ class MaskReplay:
         return self.inner.encode_value(frame, features, masks, others)
 
 
+def reference_run(model: MobileVOS, top_k: int | None, fixed_size: tuple[int, int], settings: InferenceSettings,
+                  frames: list[np.ndarray], masks: dict[int, np.ndarray]) -> tuple[list[np.ndarray], list]:
+    """PyTorch at an export's fixed size (the same resize and padding as the exported graphs): every frame's
+    probabilities, and the masks it memorised, for `one_step_run`."""
+    torch_backend = TorchBackend(model, top_k)
+    torch_backend.fixed_size = fixed_size
+    recorder = MaskRecorder(torch_backend)
+    return run_video(Segmenter(recorder, settings), frames, masks), recorder.calls
+
+
+def one_step_run(backend, memorised: list, settings: InferenceSettings, frames: list[np.ndarray],
+                 masks: dict[int, np.ndarray]) -> list[np.ndarray]:
+    """`backend` segmenting each frame from the reference's memory masks (`reference_run`), so one frame's
+    differences cannot steer the later ones."""
+    return run_video(Segmenter(MaskReplay(backend, memorised), settings), frames, masks)
+
+
 def end_to_end(model: MobileVOS, model_dir: Path, precision: str, queue_len: int, top_k: int | None = None,
                threads: int | None = None, num_frames: int = 6, reference_cache: dict | None = None,
                clip=None) -> EndToEndCheck:
@@ -174,14 +191,11 @@ def end_to_end(model: MobileVOS, model_dir: Path, precision: str, queue_len: int
     cache = {} if reference_cache is None else reference_cache
     with torch.inference_mode():
         if (name, queue_len) not in cache:
-            torch_backend = TorchBackend(model, top_k)
-            torch_backend.fixed_size = tflite.fixed_size  # same resize/pad geometry as the exported graphs
-            recorder = MaskRecorder(torch_backend)
-            cache[(name, queue_len)] = run_video(Segmenter(recorder, settings), frames, masks), recorder.calls
+            cache[(name, queue_len)] = reference_run(model, top_k, tflite.fixed_size, settings, frames, masks)
         expected, memorised = cache[(name, queue_len)]
         got_segmenter = Segmenter(tflite, settings)
         got = run_video(got_segmenter, frames, masks)
-        one_step = run_video(Segmenter(MaskReplay(tflite, memorised), settings), frames, masks)
+        one_step = one_step_run(tflite, memorised, settings, frames, masks)
     return EndToEndCheck(precision, queue_len, **mask_agreement(expected, got), frames=len(frames),
                          objects=len(got_segmenter.object_ids), clip=name,
                          one_step_iou=mask_agreement(expected, one_step)["mean_iou"])

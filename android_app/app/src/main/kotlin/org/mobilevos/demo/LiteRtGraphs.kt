@@ -83,12 +83,8 @@ class LiteRtGraphs(
                 val value = inputs.getValue(spec.name)
                 require(value.size == spec.size) { "${entry.path}: input ${spec.name} has ${value.size} values, expected ${spec.size}" }
                 val target = this.inputs.getValue(spec.name).apply { rewind() }
-                if (spec.dtype == "int8" && value is Int8Tensor && value.sameQuantization(spec)) {
-                    target.put(value.data) // steps from the graph before: one copy into the interpreter
-                } else if (spec.dtype == "int8") {
-                    val q = scratch.getValue(spec.name)
-                    Quantization.toInput(value, spec, q)
-                    target.put(q)
+                if (spec.dtype == "int8") {
+                    target.put(Quantization.toInput(value, spec, scratch.getValue(spec.name)))
                 } else {
                     target.asFloatBuffer().put(value.floats())
                 }

@@ -59,13 +59,14 @@ object Quantization {
     }
 
     /**
-     * [value] as an int8 input of [spec] takes it, written into [into]: steps of the input's own quantisation as
-     * they are, floats quantised, steps of another quantisation (an export whose graphs were calibrated apart)
-     * dequantised and quantised again.
+     * The steps an int8 input of [spec] takes for [value]: steps of the input's own quantisation as they are (no
+     * copy), floats quantised into [scratch], steps of another quantisation (an export whose graphs were
+     * calibrated apart) dequantised and quantised again into [scratch].
      */
-    fun toInput(value: Tensor, spec: TensorSpec, into: ByteArray) {
+    fun toInput(value: Tensor, spec: TensorSpec, scratch: ByteArray): ByteArray {
         require(value.size == spec.size) { "input ${spec.name} has ${value.size} values, expected ${spec.size}" }
-        if (value is Int8Tensor && value.sameQuantization(spec)) value.data.copyInto(into)
-        else quantize(spec.scale!!, spec.zeroPoint!!, value.floats(), into)
+        if (value is Int8Tensor && value.sameQuantization(spec)) return value.data
+        quantize(spec.scale!!, spec.zeroPoint!!, value.floats(), scratch)
+        return scratch
     }
 }

@@ -2,6 +2,7 @@ package org.mobilevos.core
 
 import kotlin.test.Test
 import kotlin.test.assertContentEquals
+import kotlin.test.assertSame
 
 /** int8 edges as mvos.runtime.manifest's `quantise` / `dequantise` compute them. */
 class QuantizationTest {
@@ -22,13 +23,13 @@ class QuantizationTest {
     @Test
     fun anInputTakesStepsOfItsOwnQuantisationAsTheyAreAndMapsTheRest() {
         val input = spec(0.5f, 3, 4)
-        val into = ByteArray(4)
+        val scratch = ByteArray(4)
         val own = byteArrayOf(-128, -1, 0, 127)
-        Quantization.toInput(Int8Tensor(own, 0.5f, 3), input, into)
-        assertContentEquals(own, into)
-        Quantization.toInput(Int8Tensor(own, 0.25f, -1), input, into) // real -31.75, 0, 0.25, 32
-        assertContentEquals(byteArrayOf(-61, 3, 3, 67), into)
-        Quantization.toInput(FloatTensor(floatArrayOf(-31.75f, 0f, 0.25f, 32f)), input, into)
-        assertContentEquals(byteArrayOf(-61, 3, 3, 67), into)
+        assertSame(own, Quantization.toInput(Int8Tensor(own, 0.5f, 3), input, scratch)) // as they are, no copy
+        assertContentEquals(own, Quantization.toInput(Int8Tensor(own, 0.5f, 3), input, scratch))
+        // real -31.75, 0, 0.25, 32
+        assertContentEquals(byteArrayOf(-61, 3, 3, 67), Quantization.toInput(Int8Tensor(own, 0.25f, -1), input, scratch))
+        assertContentEquals(byteArrayOf(-61, 3, 3, 67),
+            Quantization.toInput(FloatTensor(floatArrayOf(-31.75f, 0f, 0.25f, 32f)), input, scratch))
     }
 }
