@@ -4,7 +4,8 @@
 2. This machine's matrix-multiply rates through the same runtime (LiteRT + XNNPACK) and threads: an fp32 GEMM
    and a full-integer int8 GEMM, 1024 x 1024 x 1024.
 3. Each subgraph (min over runs) and whole frames (the TFLite runtime segmenting a real clip, the example dog
-   video) for every precision of an export, and each one's ratio to its floor = 2 x MACs / rate.
+   video, and the same enlarged to a camera's 1280x720, which the engine resizes in and out) for every precision
+   of an export, and each one's ratio to its floor = 2 x MACs / rate.
 4. With --ops: per-op times of each graph, from prefix cuts (the graph cut after op k, timed, minus the cut
    after op k-1), to see where the time goes.
 
@@ -102,6 +103,9 @@ def summed_frame_rows(subgraphs: list[dict], queue_len: int) -> list[dict]:
     return rows
 
 
+CAMERA = (1280, 720)  # a phone camera's 720p frames: the engine shrinks them to the export's size and back
+
+
 def frame_rows(model_dir: Path, label: str, manifest, queue_len: int, threads: int, subgraphs: list[dict],
                frames: int = 40, passes: int = 3) -> list[dict]:
     """Whole frames of the example clip through the TFLite runtime (engine, memory, pre/post-processing), in
@@ -109,7 +113,10 @@ def frame_rows(model_dir: Path, label: str, manifest, queue_len: int, threads: i
     - every frame memorised: the fastest frame, against the three graphs' floor (as the graphs' rows take the
       fastest of several runs);
     - the default memory interval (every k-th frame memorised; the others skip the value encoder): the mean
-      frame of the fastest pass, against the mean floor (key encoder + decoder + value encoder / k)."""
+      frame of the fastest pass, against the mean floor (key encoder + decoder + value encoder / k);
+    - the same with the clip enlarged to CAMERA: what resizing each frame in and its masks out adds."""
+    import cv2
+
     from mvos.runtime.inference import Segmenter, Timing, track
     from mvos.runtime.io import open_frames, read_mask
     from mvos.runtime.settings import DEFAULT
@@ -118,6 +125,8 @@ def frame_rows(model_dir: Path, label: str, manifest, queue_len: int, threads: i
     source = open_frames(REPO / "examples" / "dog.mp4")
     clip = [frame for _, frame in zip(range(frames), source)]
     mask = read_mask(REPO / "examples" / "dog_00000.png")
+    camera = ([cv2.resize(frame, CAMERA, interpolation=cv2.INTER_LINEAR) for frame in clip],
+              cv2.resize(mask, CAMERA, interpolation=cv2.INTER_NEAREST))
     every = DEFAULT.mem_every
     rows = []
     for precision in manifest.precisions():
@@ -126,12 +135,13 @@ def frame_rows(model_dir: Path, label: str, manifest, queue_len: int, threads: i
         graphs = [by_name[g] for g in ("key_encoder", "value_encoder", f"decoder_T{queue_len}")]
         value = by_name["value_encoder"]
         gmac, floor = sum(r["gmac"] for r in graphs), sum(r["floor_ms"] for r in graphs)
-        for mem_every in (1, every):
+        for mem_every, (frames_in, given), size in ((1, (clip, mask), ""), (every, (clip, mask), ""),
+                                                     (every, camera, f" at {CAMERA[0]}x{CAMERA[1]}")):
             settings = DEFAULT.replace(queue_len=queue_len, mem_every=mem_every)
             passes_ms = []  # per pass, its frames after the first (which only encodes the given mask)
             for _ in range(passes):
                 timing = Timing()
-                for result in track(Segmenter(backend, settings), clip, {0: (mask, None)}):
+                for result in track(Segmenter(backend, settings), frames_in, {0: (given, None)}):
                     timing.add(result)
                 passes_ms.append(timing.steady)
             steady = [ms for p in passes_ms for ms in p]
@@ -139,7 +149,7 @@ def frame_rows(model_dir: Path, label: str, manifest, queue_len: int, threads: i
                 row = {"graph": f"frame (T={queue_len})", "gmac": round(gmac, 3), "ms": float(np.min(steady)),
                        "floor_ms": floor}
             else:
-                row = {"graph": f"clip mean (T={queue_len}, every {mem_every})",
+                row = {"graph": f"clip mean{size} (T={queue_len}, every {mem_every})",
                        "gmac": round(gmac - value["gmac"] * (1 - 1 / mem_every), 3),
                        "ms": min(float(np.mean(p)) for p in passes_ms),
                        "floor_ms": floor - value["floor_ms"] * (1 - 1 / mem_every)}
@@ -212,9 +222,9 @@ def main() -> None:
     now = subgraph_rows(args.model_dir, "now", args.threads, args.runs, rates)
     rows += now + summed_frame_rows(now, args.queue_len)
     rows += frame_rows(args.model_dir, "now", manifest, args.queue_len, args.threads, now)
-    print(f"{'export':<8}{'precision':<10}{'graph':<28}{'GMAC':>7}{'ms':>9}{'floor':>8}{'ratio':>7}")
+    print(f"{'export':<8}{'precision':<10}{'graph':<40}{'GMAC':>7}{'ms':>9}{'floor':>8}{'ratio':>7}")
     for r in rows:
-        print(f"{r['export']:<8}{r['precision']:<10}{r['graph']:<28}{r['gmac']:>7.2f}{r['ms']:>9.1f}"
+        print(f"{r['export']:<8}{r['precision']:<10}{r['graph']:<40}{r['gmac']:>7.2f}{r['ms']:>9.1f}"
               f"{r['floor_ms']:>8.1f}{r['ratio']:>7.2f}")
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(args.out / "realtime.csv", [{**r, "threads": args.threads, "size": "x".join(map(str, manifest.input_size)),

@@ -125,12 +125,25 @@ class FrameGeometry:
         """x: ...,resized_h,resized_w -> ...,padded_h,padded_w (bottom/right padding)."""
         return F.pad(x, (0, self.padded[1] - self.resized[1], 0, self.padded[0] - self.resized[0]), value=value)
 
+    @property
+    def shrinks(self) -> bool:
+        """The frame is made smaller to fit (not kept, not enlarged)."""
+        return self.resized != self.original and all(r <= o for r, o in zip(self.resized, self.original))
+
     def restore(self, x: torch.Tensor) -> torch.Tensor:
-        """x: C,padded_h,padded_w probabilities -> C,original_h,original_w."""
+        """x: C,padded_h,padded_w probabilities -> C,original_h,original_w, bilinear (align_corners=False)."""
         x = x[:, : self.resized[0], : self.resized[1]]
-        if self.resized != self.original:
-            x = F.interpolate(x[None], size=self.original, mode="bilinear", align_corners=False)[0]
-        return x
+        if self.resized == self.original:
+            return x
+        if x.device.type != "cpu" or x.dtype != torch.float32:
+            return F.interpolate(x[None], size=self.original, mode="bilinear", align_corners=False)[0]
+        # OpenCV's bilinear, channel by channel: the same sampling as F.interpolate's within 6e-5, and 4-6x
+        # faster on one thread (0.7 against 2.8-4.0 ms for two 480x853 maps to 720x1280 here).
+        source = x.numpy()
+        restored = np.empty((x.shape[0], *self.original), np.float32)
+        for channel in range(len(source)):
+            cv2.resize(source[channel], self.original[::-1], dst=restored[channel], interpolation=cv2.INTER_LINEAR)
+        return torch.from_numpy(restored)
 
 
 @dataclass
@@ -212,8 +225,9 @@ class Segmenter:
     # ---- internals ---------------------------------------------------------------------------------------
 
     def _prepare_frame(self, frame: np.ndarray, geometry: FrameGeometry) -> torch.Tensor:
-        """H,W,3 uint8 -> 1,3,H,W: (x/255 - mean)/std, resized, zero-padded bottom/right; as int8 steps for a
-        backend whose key encoder takes int8 frames, when no resize is needed."""
+        """H,W,3 uint8 -> 1,3,H,W: (x/255 - mean)/std, resized (shrunk by area averaging, enlarged bilinearly),
+        zero-padded bottom/right; as int8 steps for a backend whose key encoder takes int8 frames, when no resize
+        is needed."""
         if frame.dtype != np.uint8:
             raise MvosError(f"frame {self.frame_index}: expected uint8 RGB values, got {frame.dtype}")
         frame = np.ascontiguousarray(frame)
@@ -228,7 +242,14 @@ class Segmenter:
             target = inside.numpy()
             written = cv2.LUT(frame, table, dst=target)  # straight into the padded frame
             assert np.shares_memory(written, target)  # OpenCV allocates anew, silently, for a dst it cannot take
-        else:  # normalising and bilinear resizing are both linear, so normalising first is exact
+        elif geometry.shrinks:  # normalising and resizing are both linear, so normalising first is exact
+            # Area averaging, as training shrinks its frames (OpenCV's INTER_AREA): 5-6 against 12.5 ms for
+            # torch's antialiased bilinear of a 1280x720 frame to 853x480 here.
+            target = inside.numpy()
+            written = cv2.resize(cv2.LUT(frame, self._normalise), geometry.resized[::-1], dst=target,
+                                 interpolation=cv2.INTER_AREA)
+            assert np.shares_memory(written, target)
+        else:  # enlarged: bilinear (antialiasing changes nothing when enlarging)
             source = torch.from_numpy(cv2.LUT(frame, self._normalise)).permute(2, 0, 1)[None]  # channels-last
             resized = F.interpolate(source, size=geometry.resized, mode="bilinear", align_corners=False, antialias=True)
             inside.copy_(resized[0].permute(1, 2, 0))

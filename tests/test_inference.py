@@ -139,9 +139,19 @@ def test_label_map_is_argmax_with_its_tie_rule(model, channels):
     np.testing.assert_array_equal(segmenter.index_map(probs), lookup[probs.argmax(axis=0)])
 
 
-@pytest.mark.parametrize("fixed_size", [None, (64, 96)])
+def area_weights(source: int, target: int) -> torch.Tensor:
+    """target x source: the share of each output cell [o*s, (o+1)*s) that source pixel [i, i+1) covers."""
+    scale = source / target
+    starts = torch.arange(target, dtype=torch.float64)[:, None] * scale
+    pixels = torch.arange(source, dtype=torch.float64)[None]
+    overlap = (torch.minimum(starts + scale, pixels + 1) - torch.maximum(starts, pixels)).clamp(min=0)
+    return overlap / scale
+
+
+@pytest.mark.parametrize("fixed_size", [None, (64, 96), (32, 48)])
 def test_frames_are_normalised_resized_and_padded(model, fixed_size):
-    """The network input is (x/255 - mean)/std, bilinearly resized (antialiased) to fit, zeros below/right."""
+    """The network input is (x/255 - mean)/std, resized to fit (enlarged bilinearly, shrunk by averaging each
+    output pixel's area, as training shrinks frames), zeros below/right."""
     from mvos.runtime.model import IMAGENET_MEAN, IMAGENET_STD
 
     frame = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
@@ -152,9 +162,10 @@ def test_frames_are_normalised_resized_and_padded(model, fixed_size):
     image = segmenter._prepare_frame(frame, geometry)
     x = torch.from_numpy(frame).permute(2, 0, 1)[None].double() / 255
     x = (x - torch.tensor(IMAGENET_MEAN).double().view(3, 1, 1)) / torch.tensor(IMAGENET_STD).double().view(3, 1, 1)
-    if geometry.resized != geometry.original:
-        x = torch.nn.functional.interpolate(x, size=geometry.resized, mode="bilinear", align_corners=False,
-                                            antialias=True)
+    if geometry.shrinks:
+        x = area_weights(50, geometry.resized[0]) @ x @ area_weights(70, geometry.resized[1]).T
+    elif geometry.resized != geometry.original:
+        x = torch.nn.functional.interpolate(x, size=geometry.resized, mode="bilinear", align_corners=False)
     expected = geometry.pad(x.float())
     assert image.shape == (1, 3, *geometry.padded) and geometry.padded != geometry.resized
     torch.testing.assert_close(image, expected, atol=5e-5, rtol=0)  # float32 resizing
@@ -216,8 +227,14 @@ def test_frame_geometry_resizes_short_side_and_pads_to_stride():
     assert geometry.resized == (480, 853) and geometry.padded == (480, 864)
     fixed = FrameGeometry.for_frame(720, 1280, short_side=None, fixed_size=(480, 864))
     assert fixed.resized == (480, 853) and fixed.padded == (480, 864)
-    restored = geometry.restore(torch.rand(2, 480, 864))
+    probs = torch.rand(2, 480, 864)
+    restored = geometry.restore(probs)
     assert restored.shape == (2, 720, 1280)
+    # Bilinear back to the frame's size, as F.interpolate samples it (the engine does it with OpenCV)
+    expected = torch.nn.functional.interpolate(probs[None, :, :480, :853], size=(720, 1280), mode="bilinear",
+                                               align_corners=False)[0]
+    torch.testing.assert_close(restored, expected, atol=1e-4, rtol=0)
+    assert geometry.shrinks and not FrameGeometry.for_frame(240, 427, None, (480, 864)).shrinks
 
 
 # ------------------------------------------------------------------------------------------ the protocol

@@ -13,6 +13,8 @@ import kotlin.math.min
 data class Geometry(val originalH: Int, val originalW: Int, val resizedH: Int, val resizedW: Int,
                     val paddedH: Int, val paddedW: Int) {
     val resizes: Boolean get() = resizedH != originalH || resizedW != originalW
+    /** Made smaller to fit (`FrameGeometry.shrinks`): shrunk by area averaging, not bilinear. */
+    val shrinks: Boolean get() = resizes && resizedH <= originalH && resizedW <= originalW
 
     companion object {
         fun forFrame(height: Int, width: Int, inputH: Int, inputW: Int): Geometry {
@@ -26,13 +28,45 @@ data class Geometry(val originalH: Int, val originalW: Int, val resizedH: Int, v
 }
 
 /**
- * Resampling exactly as PyTorch computes it on the CPU in float32 (F.interpolate, align_corners=False), so the
- * core's frames and masks match the Python engine's within 1e-5: bilinear with antialiasing when shrinking a
- * camera frame (a triangle filter widened by the scale, width pass then height pass), plain bilinear to bring
- * probabilities back to the camera's size, nearest for masks.
+ * Resampling as the Python engine computes it in float32, so the core's frames and masks match it within 1e-5:
+ * area averaging when shrinking a camera frame (OpenCV's INTER_AREA, its taps exactly), bilinear with
+ * antialiasing when enlarging one (F.interpolate, align_corners=False; a triangle filter, width pass then height
+ * pass), OpenCV's bilinear to bring probabilities back to the camera's size, nearest for masks (F.interpolate).
  */
 object Resample {
     private class Taps(val start: IntArray, val weights: Array<FloatArray>)
+
+    /**
+     * OpenCV's INTER_AREA taps along one axis (`computeResizeAreaTab`): output cell [o*s, (o+1)*s) takes each
+     * source pixel by the share of the cell it covers; slivers of 1e-3 of a pixel or less are left out, as OpenCV
+     * does (not renormalised), so the weights are OpenCV's own.
+     */
+    private fun areaTaps(inSize: Int, outSize: Int): Taps {
+        val scale = 1.0 / (outSize.toDouble() / inSize)
+        val starts = IntArray(outSize)
+        val weights = Array(outSize) { o ->
+            val from = o * scale
+            val to = from + scale
+            val cell = min(scale, inSize - from)
+            val last = min(floor(to).toInt(), inSize - 1)
+            val first = min(kotlin.math.ceil(from).toInt(), last)
+            val taps = ArrayList<Float>()
+            var start = first
+            if (first - from > 1e-3) {
+                start = first - 1
+                taps.add(((first - from) / cell).toFloat())
+            }
+            for (i in first until last) taps.add((1.0 / cell).toFloat())
+            if (to - last > 1e-3) taps.add((min(min(to - last, 1.0), cell) / cell).toFloat())
+            starts[o] = start
+            taps.toFloatArray()
+        }
+        return Taps(starts, weights)
+    }
+
+    /** HWC float image -> outH x outW x C, each output pixel the average over its area (OpenCV's INTER_AREA). */
+    fun area(src: FloatArray, h: Int, w: Int, c: Int, outH: Int, outW: Int): FloatArray =
+        separable(src, h, w, c, outH, outW, areaTaps(w, outW), areaTaps(h, outH))
 
     private fun antialiasTaps(inSize: Int, outSize: Int): Taps {
         val scale = inSize.toFloat() / outSize.toFloat()
@@ -54,8 +88,12 @@ object Resample {
     }
 
     /** HWC float image -> outH x outW x C, antialiased bilinear (torch's antialias=True). */
-    fun antialiased(src: FloatArray, h: Int, w: Int, c: Int, outH: Int, outW: Int): FloatArray {
-        val across = antialiasTaps(w, outW)
+    fun antialiased(src: FloatArray, h: Int, w: Int, c: Int, outH: Int, outW: Int): FloatArray =
+        separable(src, h, w, c, outH, outW, antialiasTaps(w, outW), antialiasTaps(h, outH))
+
+    /** Width pass, then height pass, each output the weighted sum of its taps in source order. */
+    private fun separable(src: FloatArray, h: Int, w: Int, c: Int, outH: Int, outW: Int, across: Taps,
+                          down: Taps): FloatArray {
         val tmp = FloatArray(h * outW * c)
         for (y in 0 until h) for (x in 0 until outW) {
             val wt = across.weights[x]
@@ -66,7 +104,6 @@ object Resample {
                 tmp[(y * outW + x) * c + ch] = acc
             }
         }
-        val down = antialiasTaps(h, outH)
         val out = FloatArray(outH * outW * c)
         for (y in 0 until outH) {
             val wt = down.weights[y]
@@ -82,22 +119,26 @@ object Resample {
 
     private class Linear(val i0: IntArray, val i1: IntArray, val lambda1: FloatArray)
 
+    /** OpenCV's INTER_LINEAR taps (`resize`): source position in double, then float; clamped at both edges. */
     private fun linear(inSize: Int, outSize: Int): Linear {
-        val scale = inSize.toFloat() / outSize.toFloat()
+        val scale = 1.0 / (outSize.toDouble() / inSize)
         val i0 = IntArray(outSize)
         val i1 = IntArray(outSize)
         val l1 = FloatArray(outSize)
         for (o in 0 until outSize) {
-            val src = max(scale * (o + 0.5f) - 0.5f, 0f)
-            val f = floor(src).toInt()
+            val src = ((o + 0.5) * scale - 0.5).toFloat()
+            var f = floor(src).toInt()
+            var lambda = src - f
+            if (f < 0) { f = 0; lambda = 0f }
+            if (f >= inSize - 1) { f = inSize - 1; lambda = 0f }
             i0[o] = f
             i1[o] = min(f + 1, inSize - 1)
-            l1[o] = src - f
+            l1[o] = lambda
         }
         return Linear(i0, i1, l1)
     }
 
-    /** Channel-planar float maps (C x H x W) -> C x outH x outW, plain bilinear (torch's antialias=False). */
+    /** Channel-planar float maps (C x H x W) -> C x outH x outW, bilinear as OpenCV's INTER_LINEAR in float. */
     fun bilinear(src: Array<FloatArray>, h: Int, w: Int, outH: Int, outW: Int): Array<FloatArray> {
         val ys = linear(h, outH)
         val xs = linear(w, outW)
@@ -127,7 +168,7 @@ object Resample {
     }
 }
 
-/** Camera frame -> the key encoder's input: [0,1], resized (antialiased), ImageNet-normalised, zero-padded. */
+/** Camera frame -> the key encoder's input: ImageNet-normalised, resized (shrunk by area), zero-padded. */
 object Preprocess {
     /** RGB bytes (H x W x 3) of an Android ARGB_8888 pixel array. */
     fun rgbOfArgb(pixels: IntArray): ByteArray {
@@ -143,11 +184,18 @@ object Preprocess {
 
     /** 1 x paddedH x paddedW x 3 floats (NHWC), as `Segmenter._prepare_frame` for a fixed-size backend. */
     fun frame(rgb: ByteArray, g: Geometry, mean: FloatArray, std: FloatArray): FloatArray {
-        var x = FloatArray(rgb.size) { (rgb[it].toInt() and 0xFF).toFloat() / 255f }
-        if (g.resizes) x = Resample.antialiased(x, g.originalH, g.originalW, 3, g.resizedH, g.resizedW)
+        val x: FloatArray
+        if (g.shrinks) { // normalised, then area-averaged, as Python (both are linear)
+            val normalised = FloatArray(rgb.size) { ((rgb[it].toInt() and 0xFF) / 255f - mean[it % 3]) / std[it % 3] }
+            x = Resample.area(normalised, g.originalH, g.originalW, 3, g.resizedH, g.resizedW)
+        } else {
+            var scaled = FloatArray(rgb.size) { (rgb[it].toInt() and 0xFF).toFloat() / 255f }
+            if (g.resizes) scaled = Resample.antialiased(scaled, g.originalH, g.originalW, 3, g.resizedH, g.resizedW)
+            x = FloatArray(scaled.size) { (scaled[it] - mean[it % 3]) / std[it % 3] }
+        }
         val out = FloatArray(g.paddedH * g.paddedW * 3) // padding stays 0 in normalised space
         for (y in 0 until g.resizedH) for (xx in 0 until g.resizedW) for (c in 0 until 3) {
-            out[(y * g.paddedW + xx) * 3 + c] = (x[(y * g.resizedW + xx) * 3 + c] - mean[c]) / std[c]
+            out[(y * g.paddedW + xx) * 3 + c] = x[(y * g.resizedW + xx) * 3 + c]
         }
         return out
     }
