@@ -11,35 +11,20 @@ memorising PyTorch's masks, so one frame's differences cannot steer the later on
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import asdict
-from pathlib import Path
+
+import real_clips
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, required=True, help="an `mvos export` folder")
-    parser.add_argument("--clip", action="append", required=True, metavar="VIDEO:MASK",
-                        help="a video (file or frames folder) and its first-frame mask; repeatable")
-    parser.add_argument("--weights", default=None, help="the checkpoint the export was made from (default: shipped)")
-    parser.add_argument("--queue-len", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/export_agreement"))
-    args = parser.parse_args()
+    args = real_clips.parser(__doc__, "benchmarks/results/export_agreement").parse_args()
 
-    import torch
-
-    from mvos.export.calibrate import read_clip, video_and_mask
-    from mvos.export.verify import end_to_end, exported_model
+    from mvos.export.verify import end_to_end
     from mvos.runtime.io import write_csv
 
-    torch.set_num_threads(args.threads)
-    manifest, model = exported_model(args.model_dir, args.weights)
+    manifest, model = real_clips.export_and_model(args)
     rows = []
-    for text in args.clip:
-        video, mask = video_and_mask(text, "--clip")
-        clip = read_clip(video, mask)
-        clip.name = video.stem
+    for clip in real_clips.clips(args):
         references: dict = {}  # PyTorch runs once per clip, for every precision
         for precision in manifest.precisions():
             check = end_to_end(model, args.model_dir, precision, args.queue_len, manifest.top_k, args.threads,

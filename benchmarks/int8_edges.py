@@ -13,10 +13,9 @@ the one-step IoU up to resizing). Writes int8_edges.csv.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
+
+import real_clips
 
 INPUTS = ("key", "value", "f8", "f4", "mem_keys", "mem_values")  # the decoder graph's, by who makes them:
 # key encoder on this frame (key, value, f8, f4), key encoder on memorised frames (mem_keys), value encoder
@@ -74,35 +73,23 @@ def mixed_iou(decoder, spec_of, fp32_run: list[dict], int8_run: list[dict], from
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, required=True, help="an `mvos export` folder with fp32 and int8")
-    parser.add_argument("--clip", action="append", required=True, metavar="VIDEO:MASK",
-                        help="a video (file or frames folder) and its first-frame mask; repeatable")
-    parser.add_argument("--weights", default=None, help="the checkpoint the export was made from (default: shipped)")
-    parser.add_argument("--queue-len", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/int8_edges"))
-    args = parser.parse_args()
+    args = real_clips.parser(__doc__, "benchmarks/results/int8_edges").parse_args()
 
     import torch
 
-    from mvos.export.calibrate import read_clip, video_and_mask
-    from mvos.export.verify import exported_model, one_step_run, reference_run
+    from mvos.export.verify import one_step_run, reference_run
     from mvos.runtime.io import write_csv
     from mvos.runtime.settings import InferenceSettings
     from mvos.runtime.tflite import TFLiteBackend
 
-    torch.set_num_threads(args.threads)
-    manifest, model = exported_model(args.model_dir, args.weights)
+    manifest, model = real_clips.export_and_model(args)
     settings = InferenceSettings(queue_len=args.queue_len, top_k=manifest.top_k)
     backends = {p: TFLiteBackend(args.model_dir, args.queue_len, threads=args.threads, precision=p)
                 for p in ("fp32", "int8")}
     decoders = {p: b.decoder for p, b in backends.items()}
     int8_specs = {name: spec for name, (spec, _) in decoders["int8"].inputs.items()}
     rows = []
-    for text in args.clip:
-        video, mask = video_and_mask(text, "--clip")
-        clip = read_clip(video, mask)
+    for clip in real_clips.clips(args):
         masks = {0: clip.mask}
         runs = {}
         with torch.inference_mode():
@@ -115,9 +102,9 @@ def main() -> None:
         reference = [decoders["fp32"](**feed)["logits"] > 0 for feed in runs["fp32"]]
         for row, decoder, from_int8 in mixes():
             iou = mixed_iou(decoders[decoder], int8_specs, runs["fp32"], runs["int8"], from_int8, reference)
-            rows.append({"clip": video.stem, "mix": row, "decoder": decoder,
+            rows.append({"clip": clip.name, "mix": row, "decoder": decoder,
                          "int8_inputs": " ".join(n for n in INPUTS if n in from_int8), "iou": iou})
-            print(f"{video.stem:<12} {row:<28} IoU {iou:.4f}", flush=True)
+            print(f"{clip.name:<12} {row:<28} IoU {iou:.4f}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(args.out / "int8_edges.csv", rows)
     print(f"wrote {args.out / 'int8_edges.csv'}")

@@ -11,10 +11,9 @@ otherwise (over the object's area), and how many of those lie inside the band. W
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
+
+import real_clips
 
 UNSURE = (0.2, 0.8)  # fp32 object probabilities the band spans
 
@@ -38,38 +37,27 @@ def band_stats(expected: list[np.ndarray], got: list[np.ndarray]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, required=True, help="an `mvos export` folder")
-    parser.add_argument("--clip", action="append", required=True, metavar="VIDEO:MASK",
-                        help="a video (file or frames folder) and its first-frame mask; repeatable")
+    parser = real_clips.parser(__doc__, "benchmarks/results/int8_unsure_band")
     parser.add_argument("--precision", default="int8")
-    parser.add_argument("--weights", default=None, help="the checkpoint the export was made from (default: shipped)")
-    parser.add_argument("--queue-len", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/int8_unsure_band"))
     args = parser.parse_args()
 
     import torch
 
-    from mvos.export.calibrate import read_clip, video_and_mask
-    from mvos.export.verify import exported_model, one_step_run, reference_run
+    from mvos.export.verify import one_step_run, reference_run
     from mvos.runtime.io import write_csv
     from mvos.runtime.settings import InferenceSettings
     from mvos.runtime.tflite import TFLiteBackend
 
-    torch.set_num_threads(args.threads)
-    manifest, model = exported_model(args.model_dir, args.weights)
+    manifest, model = real_clips.export_and_model(args)
     settings = InferenceSettings(queue_len=args.queue_len, top_k=manifest.top_k)
     exported = TFLiteBackend(args.model_dir, args.queue_len, threads=args.threads, precision=args.precision)
     rows = []
-    for text in args.clip:
-        video, mask = video_and_mask(text, "--clip")
-        clip = read_clip(video, mask)
+    for clip in real_clips.clips(args):
         masks = {0: clip.mask}
         with torch.inference_mode():
             expected, memorised = reference_run(model, manifest.top_k, exported.fixed_size, settings, clip.frames, masks)
             got = one_step_run(exported, memorised, settings, clip.frames, masks)
-        row = {"clip": video.stem, "precision": args.precision, "frames": len(clip.frames), **band_stats(expected, got)}
+        row = {"clip": clip.name, "precision": args.precision, "frames": len(clip.frames), **band_stats(expected, got)}
         rows.append(row)
         print(f"{row['clip']:<12} unsure band {row['band_over_area']:.3f} of the object, labelled otherwise "
               f"{row['differ_over_area']:.4f} ({row['differ_over_band']:.3f} of the band), "
