@@ -57,13 +57,16 @@ def test_soft_aggregation_sums_to_one_and_keeps_order():
     assert out[:, 0].argmax() == 1 and out[:, 1].argmax() == 2 and out[:, 2].argmax() == 0
 
 
-def test_soft_aggregation_is_the_softmax_of_the_training_logits():
+@pytest.mark.parametrize("objects", [1, 3])  # one object has its own closed form
+def test_soft_aggregation_is_the_softmax_of_the_training_logits(objects):
     """The engine's odds form and the log-odds the training loss sees are one aggregation."""
-    probs = torch.rand(3, 1, 17, 19, generator=torch.Generator().manual_seed(0))
+    probs = torch.rand(objects, 1, 17, 19, generator=torch.Generator().manual_seed(0))
     probs[0, 0, 0, :3] = torch.tensor([0.0, 1.0, 0.5])  # the clamp's edges
     kept = probs.clone()
     expected = torch.softmax(aggregated_logits(probs, dim=0), dim=0)
     torch.testing.assert_close(soft_aggregate(probs, dim=0), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(soft_aggregate(probs.movedim(0, 1), dim=1), expected.movedim(0, 1), rtol=1e-5,
+                               atol=1e-6)  # objects on another axis
     assert torch.equal(probs, kept)  # the caller's probabilities are left alone
 
 
