@@ -234,6 +234,7 @@ def test_frame_geometry_resizes_short_side_and_pads_to_stride():
     expected = torch.nn.functional.interpolate(probs[None, :, :480, :853], size=(720, 1280), mode="bilinear",
                                                align_corners=False)[0]
     torch.testing.assert_close(restored, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(geometry.restore(probs.double()), expected.double(), atol=1e-4, rtol=0)  # torch's
     assert geometry.shrinks and not FrameGeometry.for_frame(240, 427, None, (480, 864)).shrinks
 
 
