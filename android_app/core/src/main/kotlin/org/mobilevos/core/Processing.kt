@@ -184,14 +184,12 @@ object Preprocess {
 
     /** 1 x paddedH x paddedW x 3 floats (NHWC), as `Segmenter._prepare_frame` for a fixed-size backend. */
     fun frame(rgb: ByteArray, g: Geometry, mean: FloatArray, std: FloatArray): FloatArray {
-        val x: FloatArray
-        if (g.shrinks) { // normalised, then area-averaged, as Python (both are linear)
-            val normalised = FloatArray(rgb.size) { ((rgb[it].toInt() and 0xFF) / 255f - mean[it % 3]) / std[it % 3] }
-            x = Resample.area(normalised, g.originalH, g.originalW, 3, g.resizedH, g.resizedW)
-        } else {
-            var scaled = FloatArray(rgb.size) { (rgb[it].toInt() and 0xFF).toFloat() / 255f }
-            if (g.resizes) scaled = Resample.antialiased(scaled, g.originalH, g.originalW, 3, g.resizedH, g.resizedW)
-            x = FloatArray(scaled.size) { (scaled[it] - mean[it % 3]) / std[it % 3] }
+        // Normalised, then resized, as Python (both are linear)
+        val normalised = FloatArray(rgb.size) { ((rgb[it].toInt() and 0xFF) / 255f - mean[it % 3]) / std[it % 3] }
+        val x = when {
+            g.shrinks -> Resample.area(normalised, g.originalH, g.originalW, 3, g.resizedH, g.resizedW)
+            g.resizes -> Resample.antialiased(normalised, g.originalH, g.originalW, 3, g.resizedH, g.resizedW)
+            else -> normalised
         }
         val out = FloatArray(g.paddedH * g.paddedW * 3) // padding stays 0 in normalised space
         for (y in 0 until g.resizedH) for (xx in 0 until g.resizedW) for (c in 0 until 3) {
