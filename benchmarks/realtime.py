@@ -5,7 +5,8 @@
    and a full-integer int8 GEMM, 1024 x 1024 x 1024.
 3. Each subgraph (min over runs) and whole frames (the TFLite runtime segmenting a real clip, the example dog
    video, and the same enlarged to a camera's 1280x720, which the engine resizes in and out) for every precision
-   of an export, and each one's ratio to its floor = 2 x MACs / rate.
+   of an export, and each one's ratio to its floor = 2 x MACs / rate (each op's MACs at the rate of its
+   precision: an int8 graph's float ops, such as the memory read, at the fp32 rate).
 4. With --ops: per-op times of each graph, from prefix cuts (the graph cut after op k, timed, minus the cut
    after op k-1), to see where the time goes.
 
@@ -77,14 +78,15 @@ def machine_rates(threads: int, runs: int) -> dict[str, float]:
 
 def subgraph_rows(model_dir: Path, label: str, threads: int, runs: int, rates: dict[str, float]) -> list[dict]:
     """Every <precision>/<graph>.tflite of an export folder (any version of the exporter) against its floor."""
-    from mvos.export.ops import graph_macs
+    from mvos.export.ops import macs_by_precision
 
     rows = []
     for path in sorted(model_dir.glob("*/*.tflite")):
         content = path.read_bytes()
-        macs = sum(m for _, m in graph_macs(content))
+        by_precision = macs_by_precision(content)  # an int8 graph's float ops (the memory read) at the fp32 rate
+        macs = sum(by_precision.values())
         ms = timed_ms(interpreter_runner(content, threads), runs, 2)
-        floor = 2 * macs / rates["int8" if path.parent.name == "int8" else "fp32"] / 1e6
+        floor = 2 * (by_precision["int8"] / rates["int8"] + by_precision["float"] / rates["fp32"]) / 1e6
         rows.append({"export": label, "precision": path.parent.name, "graph": path.stem, "gmac": round(macs / 1e9, 3),
                      "ms": round(ms, 2), "floor_ms": round(floor, 2), "ratio": round(ms / floor, 2)})
     return rows
@@ -161,21 +163,14 @@ def frame_rows(model_dir: Path, label: str, manifest, queue_len: int, threads: i
 
 def prefix_graph(content: bytes, last: int) -> bytes:
     """The graph cut after op `last`: its outputs become the graph's outputs, later ops are dropped."""
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as schema
+    from mvos.export.graph_edit import pack, unpack
 
-    model = schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
-    for buffer in model.buffers or []:  # large or quantised models keep weights past the flatbuffer: inline them
-        if buffer.offset and buffer.offset > 1:
-            buffer.data = np.frombuffer(content, np.uint8, buffer.size, buffer.offset)
-            buffer.offset = buffer.size = 0
+    model = unpack(content)
     graph = model.subgraphs[0]
     graph.operators = graph.operators[: last + 1]
     graph.outputs = list(graph.operators[-1].outputs)
     model.signatureDefs = []
-    builder = flatbuffers.Builder(len(content) + 1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return pack(model)
 
 
 def op_rows(model_dir: Path, manifest, precision: str, threads: int, runs: int) -> list[dict]:

@@ -19,11 +19,15 @@ from mvos.runtime.settings import DEFAULT, DEFAULT_EXPORT_SIZE
 @click.option("--queue-len", "queue_lens", multiple=True, default=(str(DEFAULT.queue_len),), show_default=True,
               help=f"Memory slots T of the decoder: N, a list N,M or a range A..B (1..{MAX_QUEUE_LEN}); repeatable.")
 @click.option("--precision", "precision_text", default="fp32", show_default=True,
-              help="Comma-separated: fp32, fp16 (fp16 weights), int8 (full integer: weights and activations, "
+              help="Comma-separated: fp32, fp16 (fp16 weights), int8 (int8 weights and activations, "
                    "calibrated on real frames; GPTQ-rounded weights and corrected biases).")
 @click.option("--calibration", "calibration", multiple=True, metavar="VIDEO:MASK",
               help="A real clip and its first-frame mask to calibrate int8 on and to check every precision "
                    "against PyTorch with (repeatable; default: the examples/ clips of a source checkout).")
+@click.option("--int8-float", "int8_float_text", default="", metavar="GRAPHS",
+              help="Comma-separated graphs (key_encoder, value_encoder, decoder) whose int8 version computes in "
+                   "float between int8 inputs and outputs: value_encoder makes int8 follow fp32's masks more "
+                   "closely at the value encoder's fp32 speed (docs/benchmarks.md).")
 @click.option("--max-objects", type=int, default=1, show_default=True,
               help="Objects per decoder call (more are run in chunks, fewer zero-padded).")
 @click.option("--top-k", type=click.IntRange(min=1), default=None, help="Top-k memory read (off by default).")
@@ -35,7 +39,8 @@ from mvos.runtime.settings import DEFAULT, DEFAULT_EXPORT_SIZE
               help="Export everything anew and replace --out once complete (without it, an export of the same "
                    "model is added to and any other non-empty folder is refused).")
 def export_command(variant: str | None, weights: str | None, size_text: str, queue_lens: tuple[str, ...],
-                   precision_text: str, calibration: tuple[str, ...], max_objects: int, top_k: int | None,
+                   precision_text: str, calibration: tuple[str, ...], int8_float_text: str, max_objects: int,
+                   top_k: int | None,
                    out_dir: Path, no_verify: bool, threads: int | None, overwrite: bool) -> None:
     """Export key encoder, value encoder and decoder (per queue length) as TFLite files, verify them against
     PyTorch and write manifest.json for the runtime, the device benchmark and the Android app."""
@@ -59,21 +64,24 @@ def export_command(variant: str | None, weights: str | None, size_text: str, que
     result = ensure_exported(out_dir, loaded.model, loaded.source, size, lens, precisions, max_objects,
                              verify=not no_verify, threads=threads, top_k=top_k,
                              on_message=lambda message: click.echo(message, err=True), overwrite=overwrite,
-                             clips=clips)
+                             clips=clips, int8_float=[g.strip() for g in int8_float_text.split(",") if g.strip()])
     click.echo(report(result.manifest, {e.path for e in result.added}, out_dir))
 
 
 def report(manifest, added: set[str], out_dir: Path) -> str:
-    """The files of an export with size, parity and GPU-delegate fallbacks; end-to-end checks; failures."""
+    """The files of an export with size, parity, the share of MACs in int8 and GPU-delegate fallbacks; end-to-end
+    checks; failures."""
     lines = [f"{manifest.variant} {manifest.input_size[0]}x{manifest.input_size[1]}, "
              f"max objects {manifest.max_objects}, weights {manifest.weights_source} -> {out_dir}",
-             f"{'':2}{'precision':<10}{'graph':<15}{'MB':>7}  {'max |diff| (rel.)':<20}gpu fallback"]
+             f"{'':2}{'precision':<10}{'graph':<15}{'MB':>7}  {'max |diff| (rel.)':<20}{'int8 MACs':<11}gpu fallback"]
     for e in manifest.files:
         rel = e.parity.get("max_rel_diff")
         parity = f"{max(rel.values()):.1e}" if rel else "not verified"
+        share = e.ops.get("int8_mac_share")  # absent in manifests written before it was recorded
+        share = "" if share is None else f"{share:.0%}"
         fallback = ", ".join(e.ops.get("gpu_fallback", [])) or "none"
         lines.append(f"{'*' if e.path in added else ' ':<2}{e.precision:<10}{e.key:<15}"
-                     f"{e.bytes / 1e6:>7.2f}  {parity:<20}{fallback}")
+                     f"{e.bytes / 1e6:>7.2f}  {parity:<20}{share:<11}{fallback}")
     if manifest.end_to_end:
         lines.append("end to end (TFLite runtime vs fp32 PyTorch, masks; one step: from PyTorch's memory masks):")
         for c in manifest.end_to_end:

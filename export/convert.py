@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from mvos.export.graph_edit import float_with_int8_edges
 from mvos.export.ptq import refine_int8
 from mvos.export.subgraphs import GraphSpec
 from mvos.runtime.errors import MvosError
@@ -162,15 +163,18 @@ def quantize_nearest(fp32: bytes, calibration: list[dict], signature: str = "ser
 
 
 def quantize_static(fp32: bytes, calibration: list[dict], what: str = "", signature: str = "serving_default",
-                    input_ranges: dict[str, tuple[float, float]] | None = None) -> bytes:
-    """Full-integer int8 of an fp32 flatbuffer (`quantize_nearest`), then its convolutions' weights
+                    input_ranges: dict[str, tuple[float, float]] | None = None, float_inside: bool = False) -> bytes:
+    """int8 of an fp32 flatbuffer (`quantize_nearest`), then its convolutions' weights
     GPTQ-rounded and their biases corrected on the same calibration samples (`mvos.export.ptq`). The graph's
-    edges are int8; the manifest records their scales and zero points."""
+    edges are int8; the manifest records their scales and zero points. `float_inside`: the fp32 graph behind
+    those same int8 edges instead (`mvos export --int8-float`)."""
     with captured_native_output() as tail:
         try:
             nearest = quantize_nearest(fp32, calibration, signature, input_ranges)
+            if float_inside:
+                return float_with_int8_edges(fp32, nearest)
             return refine_int8(fp32, nearest, calibration, signature)[0]
         except Exception as exc:  # ai-edge-quantizer raises plain Exceptions for unsupported graphs
             error = exc
-    raise ConversionError(f"{what}: int8 (full integer) quantisation failed: {_error_line(error, tail)}")
+    raise ConversionError(f"{what}: int8 quantisation failed: {_error_line(error, tail)}")
 

@@ -56,6 +56,21 @@ def check_request(size, queue_lens: Iterable[int], precisions: Iterable[str], ma
     return size, queue_lens, [p for p in PRECISIONS if p in precisions], int(max_objects)
 
 
+def check_int8_float(graphs: Iterable[str]) -> tuple[str, ...]:
+    """The graphs whose int8 version computes in float between int8 edges (`--int8-float`)."""
+    graphs = tuple(dict.fromkeys(graphs))
+    unknown = [g for g in graphs if g not in SUBGRAPHS]
+    if unknown:
+        raise MvosError(f"unknown graph {', '.join(unknown)} for --int8-float; choose from {', '.join(SUBGRAPHS)}")
+    return graphs
+
+
+def float_inside(entry: GraphFile) -> bool:
+    """Whether an int8 graph computes in float between its int8 edges: none of its MACs in int8 (manifests
+    written before `int8_mac_share` was recorded hold full-integer graphs only)."""
+    return entry.precision == "int8" and entry.ops.get("int8_mac_share") == 0.0
+
+
 def _existing_manifest(model_dir: Path) -> Manifest | None:
     if (model_dir / MANIFEST_NAME).is_file():
         return Manifest.read(model_dir)
@@ -69,18 +84,21 @@ def ensure_exported(model_dir: str | Path, model: MobileVOS, source: str, size: 
                     queue_lens: Iterable[int], precisions: Iterable[str] = ("fp32",), max_objects: int = 1,
                     *, verify: bool = True, threads: int | None = None, top_k: int | None = None,
                     progress: bool = True, on_message: Callable[[str], None] | None = None,
-                    overwrite: bool = False, clips: list[Clip] | None = None) -> ExportResult:
+                    overwrite: bool = False, clips: list[Clip] | None = None,
+                    int8_float: Iterable[str] = ()) -> ExportResult:
     """Ensure `model_dir` holds key encoder, value encoder and decoder_T{t} for every precision and queue
     length asked for, for this model at this size; convert only the missing pieces. Returns the manifest and
     what this call added. Files land where `mvos.runtime.manifest.graph_path` says. `source` says where the
     weights came from; `top_k` is baked into the decoders. `clips`: real videos to calibrate int8 on (the
     examples of a source checkout when int8 is asked for and none are given) and to check every precision
-    against fp32 PyTorch on.
+    against fp32 PyTorch on. `int8_float`: subgraphs whose int8 version is their fp32 graph behind the int8
+    edges (an int8 graph made the other way is made again).
     MvosError for bad arguments, a folder holding another model, an fp32 conversion failure or a failed fp32
     verification (the folder is then left as it was). `overwrite`: export everything anew, whatever the folder
     holds, and replace it once the new export is complete."""
     model_dir = Path(model_dir)
     size, queue_lens, precisions, max_objects = check_request(size, queue_lens, precisions, max_objects)
+    int8_float = check_int8_float(int8_float)
     model = model.eval()
     existing = None if overwrite else _existing_manifest(model_dir)
     manifest = new_manifest(model, source, size, max_objects, weights_sha256(model), top_k)
@@ -89,7 +107,8 @@ def ensure_exported(model_dir: str | Path, model: MobileVOS, source: str, size: 
         manifest = existing
 
     wanted = [(p, s, t) for p in precisions for s in SUBGRAPHS for t in (queue_lens if s == "decoder" else [None])]
-    missing = [(p, s, t) for p, s, t in wanted if manifest.entry(p, s, t) is None]
+    missing = [(p, s, t) for p, s, t in wanted if manifest.entry(p, s, t) is None or
+               (p == "int8" and float_inside(manifest.entry(p, s, t)) != (s in int8_float))]
     result = ExportResult(model_dir, manifest)
     if not missing and existing is not None:
         return result
@@ -109,7 +128,7 @@ def ensure_exported(model_dir: str | Path, model: MobileVOS, source: str, size: 
             bar.set_description(f"export {key}")
             needed = [p for p, s, t in missing if graph_key(s, t) == key]
             _export_graph(specs[key], model, needed, manifest, staging, verify, threads, result, say,
-                          calibration.get(key))
+                          calibration.get(key), specs[key].subgraph in int8_float)
         bar.close()
         manifest.write(staging)
         if verify:
@@ -141,7 +160,7 @@ def _fp32_bytes(spec: GraphSpec, manifest: Manifest, staging: Path) -> bytes:
 
 def _export_graph(spec: GraphSpec, model: MobileVOS, precisions: list[str], manifest: Manifest, staging: Path,
                   verify: bool, threads: int | None, result: ExportResult, say,
-                  calibration: list[dict] | None) -> None:
+                  calibration: list[dict] | None, int8_float: bool) -> None:
     fp32 = _fp32_bytes(spec, manifest, staging)  # raises ConversionError (an MvosError): nothing can follow
     # Parity on real inputs where there are some (int8 ranges were calibrated on them), else on random ones.
     inputs = None
@@ -156,7 +175,8 @@ def _export_graph(spec: GraphSpec, model: MobileVOS, precisions: list[str], mani
         try:
             content = {"fp32": lambda: fp32, "fp16": lambda: quantize_fp16(fp32, spec.key),
                        "int8": lambda: quantize_static(fp32, calibration, spec.key,
-                                                       input_ranges=_producer_ranges(spec, manifest))}[precision]()
+                                                       input_ranges=_producer_ranges(spec, manifest),
+                                                       float_inside=int8_float)}[precision]()
             entry = _entry(spec, precision, content)
         except ConversionError as exc:
             if precision == "fp32":
@@ -175,6 +195,7 @@ def _export_graph(spec: GraphSpec, model: MobileVOS, precisions: list[str], mani
                                 f"(relative; the limit is {FP32_MAX_REL_DIFF:.0e})")
         target = staging / entry.path
         target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)  # a hard link to the current export's file, made again: never write through it
         target.write_bytes(content)
         manifest.put(entry)
         result.added.append(entry)

@@ -29,10 +29,11 @@ class OpReport:
     counts: Counter = field(default_factory=Counter)  # op name -> number of nodes
     gpu_fallback: dict[str, str] = field(default_factory=dict)  # op name -> why the GPU delegate refuses it
     flex: list[str] = field(default_factory=list)  # Flex (TensorFlow) ops: need the Flex delegate, never OK
+    int8_mac_share: float = 0.0  # of the multiply-accumulates, those ops with int8 outputs do (`int8_mac_share`)
 
     def to_dict(self) -> dict:
         return {"counts": dict(sorted(self.counts.items())), "gpu_fallback": dict(sorted(self.gpu_fallback.items())),
-                "flex": sorted(set(self.flex))}
+                "flex": sorted(set(self.flex)), "int8_mac_share": self.int8_mac_share}
 
 
 def _op_names() -> dict[int, str]:
@@ -68,7 +69,24 @@ def inspect_ops(content: bytes) -> OpReport:
             reason = _gpu_refusal(name, graph, op)
             if reason:
                 report.gpu_fallback.setdefault(name, reason)
+    report.int8_mac_share = int8_mac_share(content)
     return report
+
+
+def int8_mac_share(content: bytes) -> float:
+    """The share of the first subgraph's multiply-accumulates done in int8, rounded to 0.001: what an int8 export
+    computes in float (the memory read, a graph kept float inside) shows here."""
+    macs = macs_by_precision(content)
+    total = macs["int8"] + macs["float"]
+    return round(macs["int8"] / total, 3) if total else 0.0
+
+
+def macs_by_precision(content: bytes) -> dict[str, int]:
+    """{"int8": MACs of ops with int8 outputs, "float": the rest} of the first subgraph (`graph_macs`)."""
+    out = {"int8": 0, "float": 0}
+    for (_, macs), (_, _, dtype) in zip(graph_macs(content), op_outputs(content)):
+        out["int8" if dtype == "INT8" else "float"] += macs
+    return out
 
 
 def _ranks(graph, indices) -> list[int]:

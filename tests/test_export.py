@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -222,6 +223,68 @@ def test_int8_keeps_the_memory_read_and_relus_in_float(export_dir, manifest):
         assert all(kind == "FLOAT32" for kind in relus), entry.path
 
 
+@pytest.fixture(scope="module")
+def float_value_export(export_dir, tmp_path_factory):
+    """The tiny export copied and made again with `int8_float=("value_encoder",)`; with a hard link kept to the
+    copy's full-integer value encoder from before (the export must replace that file, not write through it)."""
+    from export_fixtures import tiny_clip
+
+    folder = tmp_path_factory.mktemp("float_value") / "export"
+    shutil.copytree(export_dir, folder)
+    kept = folder.parent / "kept_value_encoder.tflite"
+    os.link(folder / "int8/value_encoder.tflite", kept)
+    before = hashlib.sha256(kept.read_bytes()).hexdigest()
+    result = ensure_exported(folder, calibrated_model(), "calibrated test model", TINY_SIZE, TINY_QUEUE_LENS,
+                             TINY_PRECISIONS, TINY_MAX_OBJECTS, progress=False, clips=[tiny_clip()],
+                             int8_float=("value_encoder",))
+    return folder, result, kept, before
+
+
+def test_int8_float_makes_the_value_encoder_again_in_float_between_the_same_int8_edges(float_value_export,
+                                                                                        manifest):
+    folder, result, kept, before = float_value_export
+    assert [e.path for e in result.added] == ["int8/value_encoder.tflite"]  # the other graphs were kept
+    assert hashlib.sha256(kept.read_bytes()).hexdigest() == before  # the file it replaced is untouched
+    made = Manifest.read(folder)
+    entry, full = made.entry("int8", "value_encoder"), manifest.entry("int8", "value_encoder")
+    assert [(s.name, s.dtype, s.scale, s.zero_point) for s in entry.inputs + entry.outputs] == \
+        [(s.name, s.dtype, s.scale, s.zero_point) for s in full.inputs + full.outputs]
+    assert entry.ops["int8_mac_share"] == 0.0 and full.ops["int8_mac_share"] == 1.0
+    assert 0.5 < made.entry("int8", "decoder", 2).ops["int8_mac_share"] < 1.0  # the memory read in float
+    assert {(c.precision, c.queue_len) for c in result.end_to_end} == {("int8", 1), ("int8", 2)}  # checked again
+
+
+def test_int8_value_encoder_in_float_gives_fp32_outputs_rounded_to_its_int8_grid(float_value_export, model):
+    from mvos.export.calibrate import calibration_inputs
+    from mvos.export.ops import op_outputs
+    from mvos.runtime.manifest import dequantise, quantise
+
+    from export_fixtures import tiny_clip
+
+    folder = float_value_export[0]
+    made = Manifest.read(folder)
+    entry, fp32 = made.entry("int8", "value_encoder"), made.entry("fp32", "value_encoder")
+    ops = op_outputs((folder / entry.path).read_bytes())
+    assert [name for name, _, _ in ops[:len(entry.inputs)]] == ["DEQUANTIZE"] * len(entry.inputs)
+    assert [name for name, _, _ in ops[-len(entry.outputs):]] == ["QUANTIZE"] * len(entry.outputs)
+    assert all(kind == "FLOAT32" for _, _, kind in ops[len(entry.inputs):-len(entry.outputs)])
+
+    inputs = calibration_inputs(model, TINY_SIZE, [2], TINY_MAX_OBJECTS, [tiny_clip()])["value_encoder"][1]
+    on_grid = {spec.name: dequantise(quantise(inputs[spec.name], spec.scale, spec.zero_point), spec.scale,
+                                     spec.zero_point) for spec in entry.inputs}  # what the int8 graph receives
+    expected = run_entry(folder, fp32, on_grid)
+    got = run_entry(folder, entry, inputs)
+    for spec in entry.outputs:
+        steps = np.abs(got[spec.name] - expected[spec.name]) / spec.scale
+        assert steps.max() <= 0.5 + 1e-3, (spec.name, steps.max())  # rounded to the nearest step, nothing else
+
+
+def test_int8_float_refuses_unknown_graphs(export_dir):
+    with pytest.raises(MvosError, match="unknown graph key for --int8-float"):
+        ensure_exported(export_dir, calibrated_model(), "calibrated test model", TINY_SIZE, TINY_QUEUE_LENS,
+                        TINY_PRECISIONS, TINY_MAX_OBJECTS, progress=False, int8_float=("key",))
+
+
 def test_int8_inputs_made_by_another_graph_take_its_quantisation(manifest):
     """Features and memory go from the graph that makes them to the one that takes them as int8 steps: each taker
     input has its producer's scale and zero point, so the steps need no mapping (the decoder's memory keys, a
@@ -427,6 +490,8 @@ def test_report_lists_files_parity_and_end_to_end(export_dir, manifest):
     lines = text.splitlines()
     row = next(line for line in lines if "decoder_T2" in line and "int8" in line)
     assert row.startswith("*") and "none" in row  # written by this run; no GPU fallback
+    key = next(line for line in lines if "key_encoder" in line and "int8" in line)
+    assert key.split()[4] == "100%"  # the int8 share of its MACs
     assert sum("decoder_T" in line for line in lines) == len(TINY_PRECISIONS) * len(TINY_QUEUE_LENS)
     assert any(line.strip().startswith("fp32") and "mean IoU 1.0000" in line for line in lines)
 
