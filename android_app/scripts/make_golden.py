@@ -3,7 +3,7 @@ export of the shipped default weights on a short real clip through the TFLite ru
 
 Written into android_app/core/src/test/resources/golden/ (index.json + little-endian .bin arrays):
   export/manifest.json            the export's manifest, fp32 and int8 (the Kotlin tests parse the real thing)
-  runs[precision], for fp32 and int8:
+  runs[precision], for fp32 and int8, and runs["fp32_enlarged"], fp32 on frames 0-2 at 106x60 (enlarged):
     frames[t]: camera RGB bytes, the prepared key-encoder input, the memory after the frame (which frame each
                slot holds, keys and values in the graphs' layouts), the label map, and (frames 1 and 3) the 1+N
                probabilities at the camera's size
@@ -35,6 +35,8 @@ REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "android_app" / "core" / "src" / "test" / "resources" / "golden"
 SIZE, QUEUE_LEN, MEM_EVERY, MAX_OBJECTS, FRAMES, CAMERA = (64, 112), 3, 2, 2, 5, (108, 192)
 PRECISIONS = ["fp32", "int8"]  # int8: features and memory pass between the graphs as int8 steps
+# A camera smaller than the export: its frames are enlarged (and padded) on the way in, the masks shrunk back out.
+SMALL_CAMERA, SMALL_RUN, SMALL_FRAMES = (60, 106), "fp32_enlarged", 3  # memorised, read only, memorised
 BOXES = [(150, 145, 300, 372), (365, 325, 490, 400)]  # the person, the leash (x0, y0, x1, y1 at 854x480)
 
 
@@ -78,7 +80,7 @@ class Recorder:
         return outputs
 
 
-def clip() -> tuple[list[np.ndarray], np.ndarray]:
+def clip(camera_size: tuple[int, int]) -> tuple[list[np.ndarray], np.ndarray]:
     from mvos.runtime.boxes import mask_from_boxes
     from mvos.runtime.io import open_frames, read_mask
 
@@ -87,8 +89,8 @@ def clip() -> tuple[list[np.ndarray], np.ndarray]:
     mask = read_mask(REPO / "examples" / "dog_00000.png")
     extra = mask_from_boxes(frames[0], BOXES)
     mask = np.where(mask > 0, mask, np.where(extra > 0, extra + 1, 0)).astype(np.uint8)  # dog 1, person 2, leash 3
-    camera = [cv2.resize(f, CAMERA[::-1], interpolation=cv2.INTER_AREA) for f in frames]
-    small = cv2.resize(mask, CAMERA[::-1], interpolation=cv2.INTER_NEAREST)
+    camera = [cv2.resize(f, camera_size[::-1], interpolation=cv2.INTER_AREA) for f in frames]
+    small = cv2.resize(mask, camera_size[::-1], interpolation=cv2.INTER_NEAREST)
     assert sorted(np.unique(small)) == [0, 1, 2, 3], "every object must survive the shrink to the camera size"
     return camera, small
 
@@ -152,7 +154,7 @@ def main() -> None:
     from mvos.runtime.loading import load_model
 
     loaded = load_model(None, args.weights)
-    camera, mask = clip()
+    camera, mask = clip(CAMERA)
     # The old vectors are replaced only once the new ones are complete.
     with tempfile.TemporaryDirectory() as tmp, staged_directory(args.out) as staging:
         export = Path(tmp) / "export"
@@ -162,13 +164,16 @@ def main() -> None:
         shutil.copy(export / "manifest.json", staging / "export" / "manifest.json")
         writer = Writer(staging)
         runs = {precision: record(export, precision, camera, mask, writer) for precision in PRECISIONS}
-        index = {"clip": f"examples/dog.mp4 (frames 0-{FRAMES - 1} at 192x108)", "weights": loaded.source,
+        small_camera, small_mask = clip(SMALL_CAMERA)
+        runs[SMALL_RUN] = record(export, "fp32", small_camera[:SMALL_FRAMES], small_mask, writer)
+        index = {"clip": f"examples/dog.mp4 (frames 0-{FRAMES - 1} at 192x108; {SMALL_RUN}: 0-{SMALL_FRAMES - 1} at 106x60)",
+                 "weights": loaded.source,
                  "size": list(SIZE), "queue_len": QUEUE_LEN, "mem_every": MEM_EVERY, "max_objects": MAX_OBJECTS,
                  "object_ids": runs["fp32"]["object_ids"], "box_prompt": box_prompt(), "runs": runs}
         (staging / "index.json").write_text(json.dumps(index, indent=1) + "\n")
         calls = sum(len(run["calls"]) for run in runs.values())
     total = sum(p.stat().st_size for p in args.out.rglob("*"))
-    print(f"wrote {args.out} ({calls} graph calls, {FRAMES} frames in {', '.join(PRECISIONS)}, {total / 1e6:.1f} MB)")
+    print(f"wrote {args.out} ({calls} graph calls, {FRAMES} frames in {', '.join(runs)}, {total / 1e6:.1f} MB)")
 
 
 if __name__ == "__main__":

@@ -7,17 +7,18 @@ import kotlin.test.assertIs
 import kotlin.test.assertTrue
 
 /**
- * The Kotlin engine driven by the graph outputs the Python engine recorded, for the fp32 and the int8 graphs:
+ * The Kotlin engine driven by the graph outputs the Python engine recorded, for the fp32 and the int8 graphs
+ * (and fp32 on frames smaller than the export, which are enlarged on the way in):
  * every call must come in the same order with the same inputs (floats within 1e-5; int8 steps exactly, passed on
  * as the graph before made them), and the label maps, memory slots and memory contents must come out the same.
  */
 class EngineReplayTest {
-    private fun replay(precision: String) {
-        val run = Golden.run(precision)
+    private fun replay(precision: String, runName: String = precision) {
+        val run = Golden.run(runName)
         var next = 0
         fun replaying(graph: String) = SubgraphRunner { inputs ->
             val call = run.calls[next++]
-            val what = "$precision call ${next - 1} ($graph)"
+            val what = "$runName call ${next - 1} ($graph)"
             assertEquals(graph, call["graph"], what)
             val entry = Golden.manifest.entry(precision, graph, if (graph == "decoder") Golden.queueLen else null)!!
             val recorded = call["inputs"] as Map<*, *>
@@ -64,4 +65,7 @@ class EngineReplayTest {
 
     @Test
     fun int8FeaturesAndMemoryPassBetweenGraphsAsThePythonEngineDoes() = replay("int8")
+
+    @Test
+    fun enlargedFramesGiveThePythonEnginesLabelMapsAndMemory() = replay("fp32", Golden.ENLARGED)
 }

@@ -24,6 +24,9 @@ object Golden {
 
     val frames = run("fp32").frames
 
+    /** fp32 on the same clip at a camera size smaller than the export's: enlarged in, shrunk back out. */
+    const val ENLARGED = "fp32_enlarged"
+
     val calls = run("fp32").calls
 
     val queueLen = (index["queue_len"] as Long).toInt()

@@ -17,9 +17,11 @@ class ProcessingTest {
 
     @Test
     fun cameraFramesBecomeTheKeyEncodersInput() {
-        for (frame in Golden.frames) {
+        val enlarged = Golden.run(Golden.ENLARGED).frames
+        for (frame in Golden.frames + enlarged) {
             val g = geometry(frame)
-            assertTrue(g.resizes && g.resizedW < g.paddedW || g.resizedH < g.paddedH) // resized and padded
+            assertTrue(g.resizes && (g.resizedW < g.paddedW || g.resizedH < g.paddedH)) // resized and padded
+            assertEquals(frame in enlarged, !g.shrinks) // both ways of resizing
             val prepared = Preprocess.frame(Golden.bytes(frame["camera"]), g, m.mean, m.std)
             val diff = Golden.maxDiff(prepared, Golden.floats(frame["prepared"]))
             assertTrue(diff <= 1e-5f, "prepared frame differs from Python by $diff")
@@ -28,11 +30,12 @@ class ProcessingTest {
 
     @Test
     fun decoderLogitsBecomeTheFramesProbabilitiesAndLabels() {
-        for (t in listOf(1, 3)) {
-            val frame = Golden.frames[t]
+        val enlarged = Golden.run(Golden.ENLARGED)
+        for ((run, t) in listOf(Golden.run("fp32") to 1, Golden.run("fp32") to 3, enlarged to 1)) {
+            val frame = run.frames[t]
             val g = geometry(frame)
             val pixels = m.inputSize[0] * m.inputSize[1]
-            val objectProbs = Golden.calls.filter { it["graph"] == "decoder" && (it["frame"] as Long).toInt() == t }
+            val objectProbs = run.calls.filter { it["graph"] == "decoder" && (it["frame"] as Long).toInt() == t }
                 .flatMap { call ->
                     val logits = Golden.floats((call["outputs"] as Map<*, *>)["logits"])
                     (0 until m.maxObjects).map { Postprocess.sigmoid(logits.copyOfRange(it * pixels, (it + 1) * pixels)) }
