@@ -120,7 +120,7 @@ class GraphFile:
     queue_len: int | None  # decoders only
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    ops: dict = field(default_factory=dict)  # {"counts", "gpu_fallback", "flex"}
+    ops: dict = field(default_factory=dict)  # {"counts", "gpu_fallback", "flex", "int8_mac_share"}
     parity: dict = field(default_factory=dict)  # {"max_abs_diff": {name: x}, "max_rel_diff": {name: x}}
     signature: str = "serving_default"
 
