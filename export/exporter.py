@@ -71,6 +71,11 @@ def float_inside(entry: GraphFile) -> bool:
     return entry.precision == "int8" and entry.ops.get("int8_mac_share") == 0.0
 
 
+def _made_as_asked(entry: GraphFile | None, int8_float: bool) -> bool:
+    """The graph is exported, and an int8 one computes in float inside exactly where `--int8-float` asks."""
+    return entry is not None and (entry.precision != "int8" or float_inside(entry) == int8_float)
+
+
 def _existing_manifest(model_dir: Path) -> Manifest | None:
     if (model_dir / MANIFEST_NAME).is_file():
         return Manifest.read(model_dir)
@@ -107,8 +112,7 @@ def ensure_exported(model_dir: str | Path, model: MobileVOS, source: str, size: 
         manifest = existing
 
     wanted = [(p, s, t) for p in precisions for s in SUBGRAPHS for t in (queue_lens if s == "decoder" else [None])]
-    missing = [(p, s, t) for p, s, t in wanted if manifest.entry(p, s, t) is None or
-               (p == "int8" and float_inside(manifest.entry(p, s, t)) != (s in int8_float))]
+    missing = [(p, s, t) for p, s, t in wanted if not _made_as_asked(manifest.entry(p, s, t), s in int8_float)]
     result = ExportResult(model_dir, manifest)
     if not missing and existing is not None:
         return result

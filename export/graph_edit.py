@@ -30,8 +30,18 @@ def pack(model) -> bytes:
     return bytes(builder.Output())
 
 
-def _opcode_index(model, code: int, like) -> int:
-    """Index of builtin `code` in the model's operator codes, added (as `like` has it: same version) if absent."""
+def _builtin_versions(content: bytes) -> dict[int, int]:
+    """Builtin operator code -> its version in a flatbuffer, read in place (codes above 127 live in BuiltinCode,
+    DeprecatedBuiltinCode holds the rest)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(content, 0)
+    codes = (model.OperatorCodes(i) for i in range(model.OperatorCodesLength()))
+    return {max(c.BuiltinCode(), c.DeprecatedBuiltinCode()): c.Version() for c in codes}
+
+
+def _opcode_index(model, code: int, versions: dict[int, int]) -> int:
+    """Index of builtin `code` in the model's operator codes, added (at its version in `versions`) if absent."""
     from ai_edge_litert import schema_py_generated as schema
 
     for index, existing in enumerate(model.operatorCodes):
@@ -40,8 +50,7 @@ def _opcode_index(model, code: int, like) -> int:
     entry = schema.OperatorCodeT()
     entry.builtinCode = code
     entry.deprecatedBuiltinCode = min(code, schema.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES)
-    entry.version = next((c.version for c in like.operatorCodes
-                          if max(c.builtinCode, c.deprecatedBuiltinCode) == code), 1)
+    entry.version = versions.get(code, 1)
     model.operatorCodes.append(entry)
     return len(model.operatorCodes) - 1
 
@@ -79,13 +88,12 @@ def float_with_int8_edges(fp32: bytes, int8: bytes) -> bytes:
 
     from mvos.export.verify import signature_details
 
-    edges = signature_details(int8)
-    reference = unpack(int8)
+    edges, versions = signature_details(int8), _builtin_versions(int8)
     model = unpack(fp32)
     graph = model.subgraphs[0]
     signature = model.signatureDefs[0]
-    dequantize = _opcode_index(model, schema.BuiltinOperator.DEQUANTIZE, reference)
-    quantize = _opcode_index(model, schema.BuiltinOperator.QUANTIZE, reference)
+    dequantize = _opcode_index(model, schema.BuiltinOperator.DEQUANTIZE, versions)
+    quantize = _opcode_index(model, schema.BuiltinOperator.QUANTIZE, versions)
     first, last = [], []
     for mapping in signature.inputs:
         detail = edges["inputs"][_text(mapping.name)]
