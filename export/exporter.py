@@ -65,15 +65,9 @@ def check_int8_float(graphs: Iterable[str]) -> tuple[str, ...]:
     return graphs
 
 
-def float_inside(entry: GraphFile) -> bool:
-    """Whether an int8 graph computes in float between its int8 edges: none of its MACs in int8 (manifests
-    written before `int8_mac_share` was recorded hold full-integer graphs only)."""
-    return entry.precision == "int8" and entry.ops.get("int8_mac_share") == 0.0
-
-
 def _made_as_asked(entry: GraphFile | None, int8_float: bool) -> bool:
     """The graph is exported, and an int8 one computes in float inside exactly where `--int8-float` asks."""
-    return entry is not None and (entry.precision != "int8" or float_inside(entry) == int8_float)
+    return entry is not None and (entry.precision != "int8" or entry.float_inside == int8_float)
 
 
 def _existing_manifest(model_dir: Path) -> Manifest | None:

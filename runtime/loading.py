@@ -16,6 +16,9 @@ from mvos.runtime.settings import DEFAULT, InferenceSettings
 
 RANDOM = "random"  # --weights random: a fresh model, for timing
 RANDOM_SEED = 0
+# How `LoadedModel.source` names weights that are not the variant's shipped ones (`weights_option` reads it back).
+CHECKPOINT_SOURCE = "checkpoint "
+RANDOM_SOURCE = "random init"
 
 
 @dataclass
@@ -32,7 +35,7 @@ def load_model(variant: str | None = None, weights: str | Path | None = None,
 
     if weights is not None and str(weights) != RANDOM:
         model = load_checkpoint(weights, expect_variant=variant)
-        return LoadedModel(model.eval(), f"checkpoint {Path(weights).name}")
+        return LoadedModel(model.eval(), f"{CHECKPOINT_SOURCE}{Path(weights).name}")
     variant = variant or DEFAULT_VARIANT
     if weights is None:
         shipped = shipped_checkpoint(variant)
@@ -52,7 +55,17 @@ def load_model(variant: str | None = None, weights: str | Path | None = None,
         encoder = "ImageNet"
     warning = (f"warning: --weights random: a {variant} with a {encoder} key encoder and an untrained rest; "
                f"its masks are meaningless (good for timing only)")
-    return LoadedModel(model.eval(), f"random init ({encoder} key encoder)", warning)
+    return LoadedModel(model.eval(), f"{RANDOM_SOURCE} ({encoder} key encoder)", warning)
+
+
+def weights_option(source: str) -> str | None:
+    """The --weights value that loads again the weights a `LoadedModel.source` names (None: the variant's shipped
+    ones). A checkpoint is named by its file name only; a different file is refused by its sha256 on export."""
+    if source.startswith(CHECKPOINT_SOURCE):
+        return source.removeprefix(CHECKPOINT_SOURCE)
+    if source.startswith(RANDOM_SOURCE):
+        return RANDOM
+    return None
 
 
 def build_segmenter(settings: InferenceSettings = DEFAULT, *, variant: str | None = None,

@@ -128,6 +128,12 @@ class GraphFile:
     def key(self) -> str:
         return graph_key(self.subgraph, self.queue_len)
 
+    @property
+    def float_inside(self) -> bool:
+        """An int8 graph that computes in float between its int8 edges (`mvos export --int8-float`): none of its
+        MACs in int8 (manifests written before `int8_mac_share` was recorded hold full-integer graphs only)."""
+        return self.precision == "int8" and self.ops.get("int8_mac_share") == 0.0
+
     def output_names(self) -> dict[str, str]:
         """signature output -> meaning name."""
         return {spec.signature_output: spec.name for spec in self.outputs}
@@ -198,6 +204,24 @@ class Manifest:
 
     def queue_lengths(self) -> list[int]:
         return sorted({t for p in self.precisions() for t in self.queue_lens(p)})
+
+    def export_command(self, model_dir: str | Path, precision: str, queue_len: int) -> str:
+        """The `mvos export` call that adds `precision` at `queue_len` to this folder: the options that make the
+        same model (the folder takes nothing else) and keep its int8 graphs made as they are."""
+        from mvos.runtime.loading import weights_option  # loading imports the model: only on this error path
+
+        h, w = self.input_size
+        args = ["mvos export", f"--variant {self.variant}", f"--size {h}x{w}", f"--max-objects {self.max_objects}"]
+        if self.top_k is not None:
+            args.append(f"--top-k {self.top_k}")
+        weights = weights_option(self.weights_source)
+        if weights is not None:
+            args.append(f"--weights {weights}")
+        in_float = [s for s in SUBGRAPHS if any(f.float_inside and f.subgraph == s for f in self.files)]
+        if precision == "int8" and in_float:
+            args.append(f"--int8-float {','.join(in_float)}")
+        args += [f"--precision {precision}", f"--queue-len {queue_len}", f"--out {model_dir}"]
+        return " ".join(args)
 
     def identity(self) -> dict:
         """What makes two exports the same model: a folder is only ever extended with pieces of these."""

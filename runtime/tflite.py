@@ -158,12 +158,14 @@ class TFLiteBackend:
             raise MvosError(f"{self.model_dir}/{MANIFEST_NAME} lists no complete export")
         precision = precision or available[0]  # the most accurate one exported
         if precision not in available:
-            raise MvosError(f"{self.model_dir} has no {precision} export (exported: {', '.join(available)})")
+            raise MvosError(f"{self.model_dir} has no {precision} export (exported: {', '.join(available)}); add it "
+                            f"with `{self.manifest.export_command(self.model_dir, precision, queue_len)}`")
         decoder = self.manifest.entry(precision, "decoder", queue_len)
         if decoder is None:
             have = ", ".join(map(str, self.manifest.queue_lens(precision))) or "none"
             raise MvosError(f"{self.model_dir} has no {precision} decoder for queue length {queue_len} "
-                            f"(exported: {have}); add it with `mvos export --queue-len {queue_len} --out {self.model_dir}`")
+                            f"(exported: {have}); add it with "
+                            f"`{self.manifest.export_command(self.model_dir, precision, queue_len)}`")
         self.precision = precision
         self.queue_len = queue_len
         # Unset, as many threads as torch takes (the machine's cores): TFLite's own default is one thread, which

@@ -485,6 +485,43 @@ def test_cli_refuses_an_export_of_another_model(export_dir):
     assert isinstance(result.exception, MvosError) and "another model" in str(result.exception)
 
 
+def test_export_command_names_the_same_model(manifest, export_dir, float_value_export):
+    """The call the runtime's errors name to add a missing piece: this model's options, its weights when they are
+    not the shipped ones, and its int8 graphs made as they are."""
+    base = f"mvos export --variant {TINY_VARIANT} --size 64x64 --max-objects {TINY_MAX_OBJECTS}"
+    assert manifest.export_command(export_dir, "int8", 3) == \
+        f"{base} --precision int8 --queue-len 3 --out {export_dir}"
+    checkpoint = copy.copy(manifest)
+    checkpoint.weights_source, checkpoint.top_k = "checkpoint soup.pth", 5
+    assert checkpoint.export_command("d", "fp32", 2) == \
+        f"{base} --top-k 5 --weights soup.pth --precision fp32 --queue-len 2 --out d"
+    random = copy.copy(manifest)
+    random.weights_source = load_model(TINY_VARIANT, RANDOM).source
+    assert " --weights random " in random.export_command("d", "fp32", 2)
+    float_value = Manifest.read(float_value_export[0])
+    assert " --int8-float value_encoder " in float_value.export_command("d", "int8", 3)
+    assert "--int8-float" not in float_value.export_command("d", "fp16", 3)  # only int8 graphs are made so
+
+
+@pytest.mark.slow  # ~20 s: two small exports through the CLI
+def test_the_export_command_a_missing_piece_names_adds_it(tmp_path):
+    from mvos.cli import cli
+    from mvos.runtime.tflite import TFLiteBackend
+
+    folder = tmp_path / "export"
+    made = CliRunner().invoke(cli, ["export", "--weights", RANDOM, "--size", "32x48", "--queue-len", "1",
+                                    "--max-objects", "2", "--no-verify", "--out", str(folder)])
+    assert made.exit_code == 0, made.output
+    with pytest.raises(MvosError) as missing:
+        TFLiteBackend(folder, queue_len=2)
+    command = str(missing.value).split("`")[1]
+    assert command.startswith("mvos export ")
+    added = CliRunner().invoke(cli, [*command.split()[1:], "--no-verify"])
+    assert added.exit_code == 0, added.output
+    assert TFLiteBackend(folder, queue_len=2).queue_len == 2
+    assert Manifest.read(folder).queue_lens("fp32") == [1, 2]
+
+
 def test_report_lists_files_parity_and_end_to_end(export_dir, manifest):
     text = report(manifest, {"int8/decoder_T2.tflite"}, export_dir)
     lines = text.splitlines()

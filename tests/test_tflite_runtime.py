@@ -4,6 +4,7 @@ object padding/chunking around the decoder's fixed object count, and its errors.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -131,9 +132,16 @@ def test_build_segmenter_and_describe(export_dir):
 
 
 def test_missing_pieces_are_clear_errors(export_dir, tmp_path):
-    with pytest.raises(MvosError, match=r"no fp32 decoder for queue length 5 \(exported: 1, 2\)"):
+    # each names the export call that adds the piece to this model's folder
+    h, w = TINY_SIZE
+    same_model = f"--variant mobilenetv2 --size {h}x{w} --max-objects {TINY_MAX_OBJECTS}"
+    with pytest.raises(MvosError, match=re.escape(
+            f"no fp32 decoder for queue length 5 (exported: 1, 2); add it with "
+            f"`mvos export {same_model} --precision fp32 --queue-len 5 --out {export_dir}`")):
         TFLiteBackend(export_dir, queue_len=5)
-    with pytest.raises(MvosError, match="no fp16 export"):
+    with pytest.raises(MvosError, match=re.escape(
+            f"no fp16 export (exported: fp32, int8); add it with "
+            f"`mvos export {same_model} --precision fp16 --queue-len 2 --out {export_dir}`")):
         TFLiteBackend(export_dir, queue_len=2, precision="fp16")
     with pytest.raises(MvosError, match="no manifest.json"):
         TFLiteBackend(tmp_path, queue_len=2)
