@@ -39,14 +39,16 @@ class SubgraphRunner:
     else of the input's own."""
 
     def __init__(self, model_dir: Path, entry: GraphFile, threads: int | None, check_hash: bool = True,
-                 int8_outputs: bool = False, int8_sources: dict[str, tuple[float, int]] | None = None):
+                 int8_outputs: bool = False, int8_sources: dict[str, tuple[float, int]] | None = None,
+                 remake: str = "mvos export"):
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = model_dir / entry.path
         if not self.path.is_file():
-            raise MvosError(f"{self.path} is listed in the manifest but missing (re-run `mvos export`)")
+            raise MvosError(f"{self.path} is listed in the manifest but missing: make it again with `{remake}`")
         if check_hash and file_sha256(self.path) != entry.sha256:
-            raise MvosError(f"{self.path} does not match the sha256 in the manifest (a partial copy?)")
+            raise MvosError(f"{self.path} does not match the sha256 in the manifest (a partial copy?): make it "
+                            f"again with `{remake}`")
         self.entry = entry
         try:
             self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
@@ -187,7 +189,8 @@ class TFLiteBackend:
             sources = {name: made[source] for (taker, name), source in PRODUCERS.items()
                        if taker == graph and source in made}
             runners[graph] = SubgraphRunner(self.model_dir, entry, self.threads, check_hash,
-                                            int8_outputs=graph != "decoder", int8_sources=sources)
+                                            int8_outputs=graph != "decoder", int8_sources=sources,
+                                            remake=self.manifest.export_command(self.model_dir, precision, queue_len))
         self.key_encoder, self.value_encoder, self.decoder = (runners[graph] for graph in entries)
         frame = self.key_encoder.inputs["frame"][0]
         self.frame_quantisation = (frame.scale, frame.zero_point) if frame.dtype == "int8" else None

@@ -485,6 +485,31 @@ def test_cli_refuses_an_export_of_another_model(export_dir):
     assert isinstance(result.exception, MvosError) and "another model" in str(result.exception)
 
 
+@pytest.mark.slow  # ~20 s: one fp32 and one int8 decoder made again
+def test_a_rerun_makes_again_the_files_that_are_gone_or_changed(export_dir, manifest, tmp_path):
+    from export_fixtures import tiny_clip
+
+    folder = tmp_path / "export"
+    shutil.copytree(export_dir, folder)
+    damaged = folder / "fp32/decoder_T2.tflite"
+    damaged.write_bytes(damaged.read_bytes()[:-1] + b"x")
+    (folder / "int8/decoder_T1.tflite").unlink()
+    messages = []
+    # asks only for what is there: the two broken files are made again all the same
+    result = ensure_exported(folder, calibrated_model(), "calibrated test model", TINY_SIZE, [1], ["fp32"],
+                             TINY_MAX_OBJECTS, verify=False, progress=False, clips=[tiny_clip()],
+                             on_message=messages.append)
+    assert sorted(e.path for e in result.added) == ["fp32/decoder_T2.tflite", "int8/decoder_T1.tflite"]
+    assert any("int8/decoder_T1.tflite is missing" in m for m in messages)
+    assert any("fp32/decoder_T2.tflite does not match its sha256" in m for m in messages)
+    remade = Manifest.read(folder)
+    assert remade.entry("fp32", "decoder", 2).sha256 == manifest.entry("fp32", "decoder", 2).sha256  # as before
+    for entry in remade.files:
+        assert hashlib.sha256((folder / entry.path).read_bytes()).hexdigest() == entry.sha256
+    from mvos.runtime.tflite import TFLiteBackend
+    TFLiteBackend(folder, queue_len=1, precision="int8")
+
+
 def test_export_command_names_the_same_model(manifest, export_dir, float_value_export):
     """The call the runtime's errors name to add a missing piece: this model's options, its weights when they are
     not the shipped ones, and its int8 graphs made as they are."""

@@ -160,7 +160,8 @@ def test_damaged_exports_are_clear_errors(export_dir, tmp_path):
     content = bytearray(path.read_bytes())
     content[len(content) // 2] ^= 0xFF
     path.write_bytes(bytes(content))
-    with pytest.raises(MvosError, match="does not match the sha256"):
+    with pytest.raises(MvosError, match=r"does not match the sha256 .*: make it again with `mvos export "
+                                        r"--variant mobilenetv2 .*--precision fp32 --queue-len 2 "):
         TFLiteBackend(folder, queue_len=2)
     TFLiteBackend(folder, queue_len=1)  # the other files are fine
     (folder / "fp32/decoder_T1.tflite").unlink()
