@@ -208,7 +208,7 @@ class Manifest:
     def export_command(self, model_dir: str | Path, precision: str, queue_len: int) -> str:
         """The `mvos export` call that adds `precision` at `queue_len` to this folder: the options that make the
         same model (the folder takes nothing else) and keep its int8 graphs made as they are."""
-        from mvos.runtime.loading import weights_option  # loading imports the model: only on this error path
+        from mvos.runtime.loading import weights_option  # loading imports the model; this module stays light
 
         h, w = self.input_size
         args = ["mvos export", f"--variant {self.variant}", f"--size {h}x{w}", f"--max-objects {self.max_objects}"]

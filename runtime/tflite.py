@@ -185,12 +185,13 @@ class TFLiteBackend:
         made = {(graph, spec.name): (spec.scale, spec.zero_point)
                 for graph, entry in entries.items() for spec in entry.outputs if spec.dtype == "int8"}
         runners = {}
+        remake = self.manifest.export_command(self.model_dir, precision, queue_len)
         for graph, entry in entries.items():
             sources = {name: made[source] for (taker, name), source in PRODUCERS.items()
                        if taker == graph and source in made}
             runners[graph] = SubgraphRunner(self.model_dir, entry, self.threads, check_hash,
                                             int8_outputs=graph != "decoder", int8_sources=sources,
-                                            remake=self.manifest.export_command(self.model_dir, precision, queue_len))
+                                            remake=remake)
         self.key_encoder, self.value_encoder, self.decoder = (runners[graph] for graph in entries)
         frame = self.key_encoder.inputs["frame"][0]
         self.frame_quantisation = (frame.scale, frame.zero_point) if frame.dtype == "int8" else None
