@@ -32,7 +32,8 @@ from mvos.runtime.settings import DEFAULT, DEFAULT_EXPORT_SIZE
               help="Objects per decoder call (more are run in chunks, fewer zero-padded).")
 @click.option("--top-k", type=click.IntRange(min=1), default=None, help="Top-k memory read (off by default).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
-              help="Export folder (manifest.json, <precision>/*.tflite); re-running adds missing pieces.")
+              help="Export folder (manifest.json, <precision>/*.tflite); re-running adds missing pieces and "
+                   "makes again listed files that are gone or changed.")
 @click.option("--no-verify", is_flag=True, help="Skip the parity checks against PyTorch.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for verification.")
 @click.option("--overwrite", is_flag=True,
