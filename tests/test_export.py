@@ -528,23 +528,28 @@ def test_export_command_names_the_same_model(manifest, export_dir, float_value_e
     assert "--int8-float" not in float_value.export_command("d", "fp16", 3)  # only int8 graphs are made so
 
 
-@pytest.mark.slow  # ~20 s: two small exports through the CLI
-def test_the_export_command_a_missing_piece_names_adds_it(tmp_path):
+@pytest.mark.slow  # ~20 s: one decoder converted through the CLI
+def test_the_export_command_a_missing_piece_names_adds_it(export_dir, tmp_path, monkeypatch):
     from mvos.cli import cli
     from mvos.runtime.tflite import TFLiteBackend
 
+    # the fixture's export, as if made from a checkpoint the CLI can load again
+    monkeypatch.chdir(tmp_path)
+    save_checkpoint("tiny.pth", calibrated_model())
     folder = tmp_path / "export"
-    made = CliRunner().invoke(cli, ["export", "--weights", RANDOM, "--size", "32x48", "--queue-len", "1",
-                                    "--max-objects", "2", "--no-verify", "--out", str(folder)])
-    assert made.exit_code == 0, made.output
+    shutil.copytree(export_dir, folder)
+    manifest_path = folder / "manifest.json"
+    data = json.loads(manifest_path.read_text())
+    data["weights"]["source"] = "checkpoint tiny.pth"
+    manifest_path.write_text(json.dumps(data))
     with pytest.raises(MvosError) as missing:
-        TFLiteBackend(folder, queue_len=2)
+        TFLiteBackend(folder, queue_len=3)
     command = str(missing.value).split("`")[1]
-    assert command.startswith("mvos export ")
+    assert command.startswith("mvos export ") and " --weights tiny.pth " in command
     added = CliRunner().invoke(cli, [*command.split()[1:], "--no-verify"])
     assert added.exit_code == 0, added.output
-    assert TFLiteBackend(folder, queue_len=2).queue_len == 2
-    assert Manifest.read(folder).queue_lens("fp32") == [1, 2]
+    assert TFLiteBackend(folder, queue_len=3).queue_len == 3
+    assert Manifest.read(folder).queue_lens("fp32") == [1, 2, 3]
 
 
 def test_report_lists_files_parity_and_end_to_end(export_dir, manifest):
