@@ -23,7 +23,7 @@ from mvos.export.ops import inspect_ops
 from mvos.export.subgraphs import GraphSpec, check_size, graph_specs, sample_inputs
 from mvos.export.verify import FP32_MAX_REL_DIFF, FP32_MIN_IOU, end_to_end, output_parity, run_graph, signature_details
 from mvos.runtime.errors import MvosError
-from mvos.runtime.io import file_sha256, staged_directory
+from mvos.runtime.io import staged_directory
 from mvos.runtime.manifest import (MANIFEST_NAME, PRODUCERS, SUBGRAPHS, ConversionFailure, GraphFile, Manifest,
                                    graph_key)
 from mvos.runtime.memory import check_queue_len
@@ -70,18 +70,6 @@ def _made_as_asked(entry: GraphFile | None, int8_float: bool) -> bool:
     return entry is not None and (entry.precision != "int8" or entry.float_inside == int8_float)
 
 
-def _broken_files(model_dir: Path, manifest: Manifest) -> list[tuple[GraphFile, str]]:
-    """The manifest's graphs whose file is missing or no longer has the sha256 the manifest records."""
-    broken = []
-    for entry in manifest.files:
-        path = model_dir / entry.path
-        if not path.is_file():
-            broken.append((entry, "is missing"))
-        elif file_sha256(path) != entry.sha256:
-            broken.append((entry, "does not match its sha256 in the manifest"))
-    return broken
-
-
 def _existing_manifest(model_dir: Path) -> Manifest | None:
     if (model_dir / MANIFEST_NAME).is_file():
         return Manifest.read(model_dir)
@@ -120,10 +108,12 @@ def ensure_exported(model_dir: str | Path, model: MobileVOS, source: str, size: 
         manifest = existing
         # A listed file that is gone or changed is made again, asked for or not: linking it on would fail or
         # keep a graph the manifest does not describe.
-        for entry, problem in _broken_files(model_dir, manifest):
-            say(f"{entry.path} {problem}: making it again")
-            manifest.files.remove(entry)
-            wanted.append((entry.precision, entry.subgraph, entry.queue_len))
+        for entry in list(manifest.files):
+            problem = entry.file_problem(model_dir)
+            if problem:
+                say(f"{entry.path} {problem}: making it again")
+                manifest.files.remove(entry)
+                wanted.append((entry.precision, entry.subgraph, entry.queue_len))
     missing = [(p, s, t) for p, s, t in dict.fromkeys(wanted)
                if not _made_as_asked(manifest.entry(p, s, t), s in int8_float)]
     result = ExportResult(model_dir, manifest)

@@ -134,6 +134,17 @@ class GraphFile:
         MACs in int8 (manifests written before `int8_mac_share` was recorded hold full-integer graphs only)."""
         return self.precision == "int8" and self.ops.get("int8_mac_share") == 0.0
 
+    def file_problem(self, model_dir: str | Path, check_hash: bool = True) -> str | None:
+        """What is wrong with this graph's file in `model_dir` (None: it is there, with the sha256 recorded)."""
+        from mvos.runtime.io import file_sha256
+
+        path = Path(model_dir) / self.path
+        if not path.is_file():
+            return "is listed in the manifest but missing"
+        if check_hash and file_sha256(path) != self.sha256:
+            return "does not match the sha256 in the manifest (a partial copy?)"
+        return None
+
     def output_names(self) -> dict[str, str]:
         """signature output -> meaning name."""
         return {spec.signature_output: spec.name for spec in self.outputs}

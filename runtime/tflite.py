@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from mvos.runtime.errors import MvosError
-from mvos.runtime.io import file_sha256
 from mvos.runtime.manifest import (MANIFEST_NAME, PRODUCERS, GraphFile, Manifest, dequantise, quantise,
                                    requantisation)
 from mvos.runtime.memory import check_queue_len
@@ -44,11 +43,9 @@ class SubgraphRunner:
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = model_dir / entry.path
-        if not self.path.is_file():
-            raise MvosError(f"{self.path} is listed in the manifest but missing: make it again with `{remake}`")
-        if check_hash and file_sha256(self.path) != entry.sha256:
-            raise MvosError(f"{self.path} does not match the sha256 in the manifest (a partial copy?): make it "
-                            f"again with `{remake}`")
+        problem = entry.file_problem(model_dir, check_hash)
+        if problem:
+            raise MvosError(f"{self.path} {problem}: make it again with `{remake}`")
         self.entry = entry
         try:
             self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
@@ -159,15 +156,15 @@ class TFLiteBackend:
         if not available:
             raise MvosError(f"{self.model_dir}/{MANIFEST_NAME} lists no complete export")
         precision = precision or available[0]  # the most accurate one exported
+        remake = self.manifest.export_command(self.model_dir, precision, queue_len)  # what each error below names
         if precision not in available:
             raise MvosError(f"{self.model_dir} has no {precision} export (exported: {', '.join(available)}); add it "
-                            f"with `{self.manifest.export_command(self.model_dir, precision, queue_len)}`")
+                            f"with `{remake}`")
         decoder = self.manifest.entry(precision, "decoder", queue_len)
         if decoder is None:
             have = ", ".join(map(str, self.manifest.queue_lens(precision))) or "none"
             raise MvosError(f"{self.model_dir} has no {precision} decoder for queue length {queue_len} "
-                            f"(exported: {have}); add it with "
-                            f"`{self.manifest.export_command(self.model_dir, precision, queue_len)}`")
+                            f"(exported: {have}); add it with `{remake}`")
         self.precision = precision
         self.queue_len = queue_len
         # Unset, as many threads as torch takes (the machine's cores): TFLite's own default is one thread, which
@@ -185,7 +182,6 @@ class TFLiteBackend:
         made = {(graph, spec.name): (spec.scale, spec.zero_point)
                 for graph, entry in entries.items() for spec in entry.outputs if spec.dtype == "int8"}
         runners = {}
-        remake = self.manifest.export_command(self.model_dir, precision, queue_len)
         for graph, entry in entries.items():
             sources = {name: made[source] for (taker, name), source in PRODUCERS.items()
                        if taker == graph and source in made}
