@@ -71,7 +71,7 @@ class RecordingBackend(TorchBackend):
         self.max_objects = max_objects
         self.records: dict[str, list[dict[str, np.ndarray]]] = defaultdict(list)
 
-    def encode_key(self, frame: torch.Tensor):
+    def encode_key(self, frame: torch.Tensor, memorise: bool = False):
         self.records["key_encoder"].append({"frame": nhwc_numpy(frame).copy()})
         return super().encode_key(frame)
 

@@ -40,7 +40,9 @@ class Backend(Protocol):
     # (scale, zero point) where encode_key takes the frame as int8: the engine then quantises it as it normalises
     frame_quantisation: tuple[float, int] | None
 
-    def encode_key(self, frame: torch.Tensor) -> KeyFeatures: ...  # 1,3,H,W
+    # 1,3,H,W. memorise: the engine will memorise this frame (its key and f16 go into the memory), so a backend
+    # with more exact memory encoders runs those on it
+    def encode_key(self, frame: torch.Tensor, memorise: bool = False) -> KeyFeatures: ...
 
     def encode_value(self, frame: torch.Tensor, features: KeyFeatures, masks: torch.Tensor,
                      others: torch.Tensor) -> torch.Tensor: ...  # masks, others: N,1,H,W -> N,Cv,h,w
@@ -69,7 +71,7 @@ class TorchBackend:
         self.top_k = top_k
         self.device = next(model.parameters()).device  # frames go where the model is (a GPU during GPU training)
 
-    def encode_key(self, frame: torch.Tensor) -> KeyFeatures:
+    def encode_key(self, frame: torch.Tensor, memorise: bool = False) -> KeyFeatures:
         return self.model.encode_key(frame.to(self.device))
 
     def encode_value(self, frame: torch.Tensor, features: KeyFeatures, masks: torch.Tensor,
@@ -205,7 +207,10 @@ class Segmenter:
         geometry = FrameGeometry.for_frame(frame.shape[0], frame.shape[1], self.size, self.backend.fixed_size)
         with torch_threads(self.backend.host_threads):
             image = self._prepare_frame(frame, geometry)
-            features = self.backend.encode_key(image)
+            # Known before the frame is decoded: a given mask starts a memory (a correction of known objects
+            # may not be memorised, which costs only time); otherwise each memory's own interval decides.
+            memorise = mask is not None or any(group.memory.wants(self.frame_index) for group in self.groups)
+            features = self.backend.encode_key(image, memorise=memorise)
 
             object_probs = self._predict(features, geometry)  # N,1,H,W
             if mask is not None:

@@ -82,7 +82,7 @@ def build_segmenter(settings: InferenceSettings = DEFAULT, *, variant: str | Non
         from mvos.runtime.tflite import TFLiteBackend
 
         backend = TFLiteBackend(model_dir, queue_len=settings.queue_len, threads=settings.threads,
-                                precision=settings.precision)
+                                precision=settings.precision, memory_precision=settings.memory_precision)
         if settings.top_k is not None and settings.top_k != backend.top_k:
             raise MvosError(f"--top-k {settings.top_k}: {model_dir} was exported with top-k {backend.top_k} "
                             f"(re-export with `mvos export --top-k`)")

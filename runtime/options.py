@@ -42,6 +42,10 @@ def model_options(function):
                      help="Exported TFLite folder (with manifest.json) for --backend tflite."),
         click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULT.precision, show_default=True,
                      help="Which exported files --backend tflite runs."),
+        click.option("--memory-precision", type=click.Choice(PRECISIONS), default=DEFAULT.memory_precision,
+                     help="Which exported encoders make the memory (the frames it keeps; default: --precision). "
+                          "`--precision int8 --memory-precision fp32` follows fp32 far more closely, for the fp32 "
+                          "encoders' time on every memorised frame."),
         click.option("--threads", type=click.IntRange(min=1), default=DEFAULT.threads, help="CPU threads."),
     ]
     for option in reversed(options):

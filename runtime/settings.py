@@ -29,6 +29,10 @@ class InferenceSettings:
     top_k: int | None = None  # the memory read keeps the k best matches per query pixel; None reads all
     backend: str = "torch"  # torch | tflite (an `mvos export` folder)
     precision: str = "fp32"  # which exported files the tflite backend runs
+    # Which exported files encode the frames the memory keeps (None: `precision`). Every later frame reads them,
+    # so int8 reading a memory made by the fp32 encoders follows fp32 far more closely (the dog clip's one-step
+    # IoU 0.92 -> 0.97, docs/benchmarks.md) for the float encoders' cost on one frame in `mem_every`.
+    memory_precision: str | None = None
     threads: int | None = None  # CPU threads; None leaves the library default
 
     def __post_init__(self):
@@ -40,6 +44,14 @@ class InferenceSettings:
             (self.top_k is None or self.top_k >= 1, f"top_k must be at least 1, got {self.top_k}"),
             (self.backend in BACKENDS, f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}"),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
+            (self.memory_precision in (None, *PRECISIONS),
+             f"memory precision must be one of {', '.join(PRECISIONS)}, got {self.memory_precision!r}"),
+            (self.memory_precision is None or self.backend == "tflite",
+             "a memory precision is for the TFLite backend (the PyTorch backend runs fp32 throughout)"),
+            (self.memory_precision not in PRECISIONS or self.precision not in PRECISIONS
+             or PRECISIONS.index(self.memory_precision) <= PRECISIONS.index(self.precision),
+             f"memory precision {self.memory_precision} is less exact than precision {self.precision}: the memory "
+             f"is read by every later frame, so its encoders are at least as exact"),
             (self.threads is None or self.threads >= 1, f"threads must be at least 1, got {self.threads}"),
             (self.backend == "torch" or self.memory == "fixed", "the TFLite backend runs the fixed-queue memory only"),
         ]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from mvos.runtime.errors import MvosError
-from mvos.runtime.manifest import (MANIFEST_NAME, PRODUCERS, GraphFile, Manifest, dequantise, quantise,
+from mvos.runtime.manifest import (ENCODERS, MANIFEST_NAME, PRODUCERS, GraphFile, Manifest, dequantise, quantise,
                                    requantisation)
 from mvos.runtime.memory import check_queue_len
 from mvos.runtime.model import KeyFeatures, QueryFeatures
@@ -134,6 +134,70 @@ def decoder_feeds(query: QueryFeatures, memory_keys: torch.Tensor, memory_values
     return feeds
 
 
+def key_features(out: dict[str, np.ndarray]) -> KeyFeatures:
+    """A key encoder's outputs (key channels first, the rest NHWC) as the engine's NCHW tensors, without copies."""
+    return KeyFeatures(torch.from_numpy(out["key"]), *(nchw_view(out[name]) for name in KeyFeatures._fields[1:]))
+
+
+def encode_values(value_encoder: SubgraphRunner, f16: np.ndarray, masks: torch.Tensor,
+                  others: torch.Tensor) -> np.ndarray:
+    """masks, others: N,1,H,W -> values N,h,w,Cv. The exported value encoder takes one object (batch 1) and the
+    frame's f16 (MobileVOS's value encoder does not read the frame itself)."""
+    n = masks.shape[0]
+    values = []
+    for i in range(n):
+        out = value_encoder(f16=f16, mask=nhwc_numpy(masks[i:i + 1]), others=nhwc_numpy(others[i:i + 1]))
+        # A view of the graph's output buffer; the next call overwrites it, so several objects keep copies.
+        values.append(out["value"] if n == 1 else out["value"].copy())
+        del out
+    return values[0] if n == 1 else np.concatenate(values, axis=0)
+
+
+class MemoryEncoders:
+    """Encoders of a more exact precision, run on the frames the engine memorises: every later frame reads the
+    memory, so its error weighs on them all (int8 reading a memory the fp32 encoders made follows fp32 far more
+    closely, docs/benchmarks.md). Their outputs are put on the grids of the backend's own encoders' outputs, so
+    the memory and the decoder get the same kind of tensor on every frame; f16 stays as computed, for the
+    memory value encoder."""
+
+    def __init__(self, runners: dict[str, SubgraphRunner], own: dict[str, GraphFile],
+                 frame_quantisation: tuple[float, int] | None):
+        self.key_encoder, self.value_encoder = runners["key_encoder"], runners["value_encoder"]
+        self.frame_quantisation = frame_quantisation
+        grids = {graph: {spec.name: (spec.scale, spec.zero_point) for spec in entry.outputs if spec.dtype == "int8"}
+                 for graph, entry in own.items()}
+        self.key_grids, self.value_grid = grids["key_encoder"], grids["value_encoder"].get("value")
+        self.buffers: dict[tuple, np.ndarray] = {}  # float scratch and int8 steps by (output, shape), made once
+
+    def encode_key(self, frame: torch.Tensor) -> KeyFeatures:
+        frame = nhwc_numpy(frame)
+        if frame.dtype == np.int8:  # quantised for the own key encoder as the engine normalised it
+            frame = dequantise(frame, *self.frame_quantisation, out=self._buffer("frame", frame.shape, np.float32))
+        out = self.key_encoder(frame=frame)
+        return key_features({name: array if name == "f16" else self._on_grid(name, array, self.key_grids.get(name))
+                             for name, array in out.items()})
+
+    def encode_value(self, features: KeyFeatures, masks: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+        f16 = nhwc_numpy(features.f16)
+        if f16.dtype == np.int8:  # a frame encoded by the own key encoder (the engine did not say it memorises it)
+            f16 = dequantise(f16, *self.key_grids["f16"])
+        values = encode_values(self.value_encoder, f16, masks, others)
+        return nchw_view(self._on_grid("value", values, self.value_grid))
+
+    def _on_grid(self, name: str, array: np.ndarray, grid: tuple[float, int] | None) -> np.ndarray:
+        if grid is None:  # the own graph's output is float too
+            return array
+        steps = self._buffer((name, "steps"), array.shape, np.int8)
+        np.copyto(steps, quantise(array, *grid, out=self._buffer(name, array.shape, np.float32)), casting="unsafe")
+        return steps
+
+    def _buffer(self, name, shape: tuple, dtype) -> np.ndarray:
+        buffer = self.buffers.get((name, shape))
+        if buffer is None:
+            buffer = self.buffers[(name, shape)] = np.empty(shape, dtype)
+        return buffer
+
+
 # ------------------------------------------------------------------------------------------------- backend
 
 
@@ -148,7 +212,9 @@ class TFLiteBackend:
     host_threads = 1
 
     def __init__(self, model_dir: str | Path, queue_len: int, threads: int | None = None,
-                 precision: str | None = None, check_hash: bool = True):
+                 precision: str | None = None, check_hash: bool = True, memory_precision: str | None = None):
+        """memory_precision: which exported encoders run on the frames the engine memorises (default: `precision`);
+        their outputs go onto the grids of `precision`'s own, so the memory and the decoder take them as theirs."""
         self.model_dir = Path(model_dir)
         check_queue_len(queue_len)
         self.manifest = Manifest.read(self.model_dir)
@@ -191,24 +257,31 @@ class TFLiteBackend:
         self.key_encoder, self.value_encoder, self.decoder = (runners[graph] for graph in entries)
         frame = self.key_encoder.inputs["frame"][0]
         self.frame_quantisation = (frame.scale, frame.zero_point) if frame.dtype == "int8" else None
+        self.memory_precision = memory_precision or precision
+        self.memory_encoders = None
+        if self.memory_precision != precision:
+            remake = self.manifest.export_command(self.model_dir, self.memory_precision, queue_len)
+            encoders = {}
+            for graph in ENCODERS:
+                entry = self.manifest.entry(self.memory_precision, graph)
+                if entry is None:
+                    raise MvosError(f"{self.model_dir} has no {self.memory_precision} {graph} for the memory "
+                                    f"(exported: {', '.join(available)}); add it with `{remake}`")
+                encoders[graph] = SubgraphRunner(self.model_dir, entry, self.threads, check_hash, remake=remake)
+            self.memory_encoders = MemoryEncoders(encoders, {g: entries[g] for g in ENCODERS}, self.frame_quantisation)
 
-    def encode_key(self, frame: torch.Tensor) -> KeyFeatures:
-        out = self.key_encoder(frame=nhwc_numpy(frame))  # frame: 1,3,H,W (channels-last in memory)
-        return KeyFeatures(torch.from_numpy(out["key"]), *(nchw_view(out[name]) for name in KeyFeatures._fields[1:]))
+    def encode_key(self, frame: torch.Tensor, memorise: bool = False) -> KeyFeatures:
+        if memorise and self.memory_encoders is not None:
+            return self.memory_encoders.encode_key(frame)
+        return key_features(self.key_encoder(frame=nhwc_numpy(frame)))  # frame: 1,3,H,W (channels-last in memory)
 
     def encode_value(self, frame: torch.Tensor, features: KeyFeatures, masks: torch.Tensor,
                      others: torch.Tensor) -> torch.Tensor:
         """masks, others: N,1,H,W -> N,Cv,h,w. The exported value encoder takes one object (batch 1) and the
         frame's f16 (MobileVOS's value encoder does not read the frame itself)."""
-        f16 = nhwc_numpy(features.f16)
-        n = masks.shape[0]
-        values = []
-        for i in range(n):
-            out = self.value_encoder(f16=f16, mask=nhwc_numpy(masks[i:i + 1]), others=nhwc_numpy(others[i:i + 1]))
-            # A view of the graph's output buffer; the next call overwrites it, so several objects keep copies.
-            values.append(out["value"] if n == 1 else out["value"].copy())
-            del out
-        return nchw_view(values[0] if n == 1 else np.concatenate(values, axis=0))  # n,Cv,h,w
+        if self.memory_encoders is not None:  # the engine only encodes the values of frames it memorises
+            return self.memory_encoders.encode_value(features, masks, others)
+        return nchw_view(encode_values(self.value_encoder, nhwc_numpy(features.f16), masks, others))
 
     def decode(self, query: QueryFeatures, memory_keys: torch.Tensor, memory_values: torch.Tensor,
                num_objects: int) -> torch.Tensor:
@@ -225,4 +298,5 @@ class TFLiteBackend:
         m = self.manifest
         return {"backend": self.name, "model_dir": str(self.model_dir), "precision": self.precision,
                 "variant": m.variant, "input_size": m.input_size, "max_objects": self.max_objects, "top_k": m.top_k,
-                "parameters": m.parameters, "weights_sha256": m.weights_sha256, "threads": self.threads}
+                "parameters": m.parameters, "weights_sha256": m.weights_sha256, "threads": self.threads,
+                "memory_precision": self.memory_precision}

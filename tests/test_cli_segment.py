@@ -84,11 +84,14 @@ def bad_inputs(tmp_path, scene):
                                     "past the last frame"),
         "unwritable output": (["segment", scene["video"], "--mask", scene["mask"], "--out", blocker / "out"],
                               "cannot write"),
+        "memory precision on PyTorch": (["segment", scene["video"], "--mask", scene["mask"], "--memory-precision",
+                                         "fp32"], "a memory precision is for the TFLite backend"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing video", "corrupt video", "missing mask", "empty mask",
-                                  "over 255 objects", "mask frame past the end", "unwritable output"])
+                                  "over 255 objects", "mask frame past the end", "unwritable output",
+                                  "memory precision on PyTorch"])
 def test_bad_input_is_one_line_exit_2_and_no_output(capsys, tmp_path, scene, case):
     args, message = bad_inputs(tmp_path, scene)[case]
     if "--out" not in args:

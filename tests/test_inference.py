@@ -181,7 +181,7 @@ def test_engine_work_runs_on_the_backends_host_threads(model):
     class OutsideTorch(TorchBackend):
         host_threads = 1
 
-        def encode_key(self, frame):
+        def encode_key(self, frame, memorise=False):
             seen.append(torch.get_num_threads())
             return super().encode_key(frame)
 

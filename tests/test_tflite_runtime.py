@@ -253,3 +253,68 @@ def test_int8_features_and_memory_pass_between_graphs_as_steps(export_dir):
     assert results["steps memory"][:2] == (torch.int8, torch.int8)
     assert results["floats memory"][:2] == (torch.float32, torch.float32)
     assert results["floats memory"][2] == 4 * results["steps memory"][2]
+
+
+def test_memory_precision_runs_its_encoders_on_memorised_frames_only(export_dir):
+    """`memory_precision="fp32"` on an int8 export: the fp32 encoders run on exactly the frames the engine
+    memorises (given masks, then each memory's interval), their outputs on the int8 graphs' grids, so the memory
+    keeps int8 steps; slot 0 (the given masks' frame, the same inputs either way) is then fp32's memory of the
+    same frame rounded to those steps."""
+    from mvos.runtime.manifest import dequantise, quantise
+    from mvos.runtime.tflite import nhwc_numpy
+
+    frames, masks = synthetic_video(TINY_SIZE, num_frames=8, seed=3)  # objects given on frames 0 and 2
+    settings = DEFAULT.replace(queue_len=2, mem_every=3)
+    mixed = TFLiteBackend(export_dir, queue_len=2, precision="int8", memory_precision="fp32")
+    exact = TFLiteBackend(export_dir, queue_len=2, precision="fp32")
+    # fp32 fed the int8 key encoder's frame, as the memory encoders are (the frame's rounding alone moves this
+    # small random model's keys by up to 12 steps)
+    exact.frame_quantisation = mixed.frame_quantisation
+    fp32_encode_key = exact.encode_key
+    exact.encode_key = lambda frame, memorise=False: fp32_encode_key(torch.from_numpy(
+        dequantise(nhwc_numpy(frame), *mixed.frame_quantisation)).permute(0, 3, 1, 2))
+    encoders = mixed.memory_encoders
+    calls = {"fp32 key": [], "int8 key": [], "fp32 value": 0}
+    segmenter = Segmenter(mixed, settings)
+
+    def counted(runner, name):
+        def run(**inputs):
+            calls[name].append(segmenter.frame_index) if isinstance(calls[name], list) else None
+            if name == "fp32 value":
+                calls[name] += 1
+            return runner(**inputs)
+        return run
+
+    encoders.key_encoder = counted(encoders.key_encoder, "fp32 key")
+    encoders.value_encoder = counted(encoders.value_encoder, "fp32 value")
+    mixed.key_encoder = counted(mixed.key_encoder, "int8 key")
+    mixed.value_encoder = None  # never runs: every memorised value comes from the fp32 value encoder
+    reference = Segmenter(exact, settings)
+    with torch.inference_mode():
+        run_video(segmenter, frames, masks)
+        run_video(reference, frames, masks)
+    # group 1 (frame 0) memorises 0, 3, 6; group 2 (frame 2) memorises 2, 5
+    assert calls["fp32 key"] == [0, 2, 3, 5, 6]
+    assert calls["int8 key"] == [1, 4, 7]
+    assert calls["fp32 value"] > 0
+    assert all(m.dtype == torch.int8 for group in segmenter.groups for m in group.memory.read())
+    # Frame 0's objects (group 1): nothing predicted yet, so the same masks either way. (Group 2's "others" on
+    # frame 2 are group 1's predictions, by the int8 decoder here and the fp32 one there.)
+    keys, values = segmenter.groups[0].memory.read()
+    ref_keys, ref_values = reference.groups[0].memory.read()
+    key_grid = mixed.manifest.entry("int8", "key_encoder").outputs[0]
+    value_grid = next(s for s in mixed.manifest.entry("int8", "value_encoder").outputs if s.name == "value")
+    for got, ref, grid in ((keys[0], ref_keys[0], key_grid), (values[0], ref_values[0], value_grid)):
+        np.testing.assert_array_equal(got.numpy(), quantise(ref.numpy(), grid.scale, grid.zero_point))
+
+
+def test_memory_precision_errors(export_dir):
+    with pytest.raises(MvosError, match=re.escape(
+            f"no fp16 key_encoder for the memory (exported: fp32, int8); add it with `mvos export")):
+        TFLiteBackend(export_dir, queue_len=2, precision="int8", memory_precision="fp16")
+    with pytest.raises(MvosError, match="less exact than precision fp32"):
+        DEFAULT.replace(backend="tflite", memory_precision="int8")
+    with pytest.raises(MvosError, match="for the TFLite backend"):
+        DEFAULT.replace(memory_precision="fp32")
+    same = TFLiteBackend(export_dir, queue_len=2, precision="int8", memory_precision="int8")
+    assert same.memory_encoders is None and same.describe()["memory_precision"] == "int8"
