@@ -250,10 +250,18 @@ def _verify_end_to_end(model: MobileVOS, staging: Path, manifest: Manifest, miss
     touched = sorted({(p, t) for p, s, t in missing if s == "decoder"} |
                      {(p, t) for p, s, _ in missing if s != "decoder" for t in manifest.queue_lens(p)})
     touched = [(p, t) for p, t in touched if p in complete and manifest.entry(p, "decoder", t) is not None]
+    # Each less exact precision is also checked reading a memory made by the most exact one's encoders
+    # (`--memory-precision`), again wherever those encoders were made anew.
+    exact = complete[0] if complete else None
+    runs = [(p, None, t) for p, t in touched] + [(p, exact, t) for p, t in touched if p != exact]
+    if any(p == exact and s != "decoder" for p, s, _ in missing):
+        runs += [(p, exact, t) for p in complete if p != exact for t in manifest.queue_lens(p)
+                 if (p, exact, t) not in runs]
     references: dict = {}
-    for precision, queue_len in tqdm(touched, desc="verify end to end", unit="run", disable=not progress,
-                                     dynamic_ncols=True):
-        check = end_to_end(model, staging, precision, queue_len, manifest.top_k, threads, reference_cache=references)
+    for precision, memory, queue_len in tqdm(runs, desc="verify end to end", unit="run", disable=not progress,
+                                             dynamic_ncols=True):
+        check = end_to_end(model, staging, precision, queue_len, manifest.top_k, threads, reference_cache=references,
+                           memory_precision=memory)
         manifest.record_check(check)
         result.end_to_end.append(check)
         if precision == "fp32" and check.mean_iou < FP32_MIN_IOU:
@@ -261,6 +269,6 @@ def _verify_end_to_end(model: MobileVOS, staging: Path, manifest: Manifest, miss
                             f"{check.mean_iou:.4f} < {FP32_MIN_IOU}")
         for clip in clips or []:
             check = end_to_end(model, staging, precision, queue_len, manifest.top_k, threads,
-                               reference_cache=references, clip=clip)
+                               reference_cache=references, clip=clip, memory_precision=memory)
             manifest.record_check(check)
             result.end_to_end.append(check)

@@ -177,13 +177,14 @@ def one_step_run(backend, memorised: list, settings: InferenceSettings, frames: 
 
 def end_to_end(model: MobileVOS, model_dir: Path, precision: str, queue_len: int, top_k: int | None = None,
                threads: int | None = None, num_frames: int = 6, reference_cache: dict | None = None,
-               clip=None) -> EndToEndCheck:
+               clip=None, memory_precision: str | None = None) -> EndToEndCheck:
     """Segment the generated video (or a real `clip`) with the exported files and with PyTorch at the same
     fixed size, closed loop (each engine memorises its own masks) and one step at a time (the exported graphs
     memorise PyTorch's masks). `reference_cache` keeps PyTorch's results per video and queue length across
-    precisions."""
+    precisions. `memory_precision`: the exported encoders that make the memory (default `precision`)."""
     settings = InferenceSettings(queue_len=queue_len, top_k=top_k)
-    tflite = TFLiteBackend(model_dir, queue_len=queue_len, threads=threads, precision=precision)
+    tflite = TFLiteBackend(model_dir, queue_len=queue_len, threads=threads, precision=precision,
+                           memory_precision=memory_precision)
     if clip is None:
         frames, masks, name = *synthetic_video(tflite.fixed_size, num_frames), "synthetic"
     else:
@@ -198,4 +199,5 @@ def end_to_end(model: MobileVOS, model_dir: Path, precision: str, queue_len: int
         one_step = one_step_run(tflite, memorised, settings, frames, masks)
     return EndToEndCheck(precision, queue_len, **mask_agreement(expected, got), frames=len(frames),
                          objects=len(got_segmenter.object_ids), clip=name,
-                         one_step_iou=mask_agreement(expected, one_step)["mean_iou"])
+                         one_step_iou=mask_agreement(expected, one_step)["mean_iou"],
+                         memory_precision=None if memory_precision in (None, precision) else memory_precision)

@@ -9,6 +9,8 @@ format_version 2:
      "memory": runtime.memory.protocol_description(),
      "precisions": [...], "queue_lengths": [...],            (derived: complete sets only)
      "files": [GraphFile...], "end_to_end": [EndToEndCheck...], "failures": [ConversionFailure...]}
+    EndToEndCheck = {"precision", "queue_len", "mean_iou", "max_prob_diff", "tie_fraction", "frames", "objects",
+                     "clip", "one_step_iou", "memory_precision" (null: the memory made by `precision`'s encoders)}
     GraphFile = {"path", "sha256", "bytes", "precision", "subgraph", "queue_len", "signature",
                  "inputs": [TensorSpec], "outputs": [TensorSpec], "ops": {...}, "parity": {...}}
     TensorSpec = {"name", "shape", "dtype", "meaning", "signature_output" (outputs only)}
@@ -169,6 +171,12 @@ class EndToEndCheck:
     # the later ones: what the graphs themselves lose. (mean_iou also measures how far the model's tracking
     # amplifies differences; None in manifests written before this measure.)
     one_step_iou: float | None = None
+    # The precision of the encoders that made the memory (`InferenceSettings.memory_precision`); None: `precision`.
+    memory_precision: str | None = None
+
+    @property
+    def engine(self) -> str:
+        return self.precision if self.memory_precision is None else f"{self.precision}, {self.memory_precision} memory"
 
 
 @dataclass
@@ -254,10 +262,13 @@ class Manifest:
         self.failures.append(failure)
 
     def record_check(self, check: EndToEndCheck) -> None:
-        same = (check.precision, check.queue_len, check.clip)
-        self.end_to_end = [c for c in self.end_to_end if (c.precision, c.queue_len, c.clip) != same]
+        def identity(c: EndToEndCheck) -> tuple:
+            return c.precision, c.memory_precision, c.queue_len, c.clip
+
+        self.end_to_end = [c for c in self.end_to_end if identity(c) != identity(check)]
         self.end_to_end.append(check)
-        self.end_to_end.sort(key=lambda c: (PRECISIONS.index(c.precision), c.queue_len, c.clip))
+        self.end_to_end.sort(key=lambda c: (PRECISIONS.index(c.precision), c.queue_len, c.memory_precision or "",
+                                            c.clip))
 
     # ---- JSON ------------------------------------------------------------------------------------------
 

@@ -347,8 +347,10 @@ def test_memory_slots_matter_to_the_decoder(export_dir, manifest, references):
 
 
 def test_end_to_end_verification_is_recorded(manifest):
-    assert {(c.precision, c.queue_len, c.clip) for c in manifest.end_to_end} == {
-        (p, t, clip) for p in TINY_PRECISIONS for t in TINY_QUEUE_LENS for clip in ("synthetic", "tiny-clip")}
+    # int8 is checked twice: as it is, and reading a memory the fp32 encoders made (`--memory-precision fp32`)
+    engines = [(p, None) for p in TINY_PRECISIONS] + [("int8", "fp32")]
+    assert {(c.precision, c.memory_precision, c.queue_len, c.clip) for c in manifest.end_to_end} == {
+        (p, m, t, clip) for p, m in engines for t in TINY_QUEUE_LENS for clip in ("synthetic", "tiny-clip")}
     real = [c for c in manifest.end_to_end if c.clip == "tiny-clip"]
     assert all(c.frames == 8 and c.objects == 2 for c in real)
     assert all(c.mean_iou == 1.0 for c in real if c.precision == "fp32")
@@ -410,7 +412,8 @@ def test_rerun_adds_missing_pieces_only(export_dir, model, tmp_path):
     more = ensure_exported(folder, model, "m", TINY_SIZE, [2], ["fp16"], TINY_MAX_OBJECTS, progress=False)
     assert sorted(e.path for e in more.added) == sorted(
         f"fp16/{n}.tflite" for n in ["key_encoder", "value_encoder", "decoder_T2"])
-    assert [(c.precision, c.queue_len) for c in more.end_to_end] == [("fp16", 2)]
+    assert [(c.precision, c.memory_precision, c.queue_len) for c in more.end_to_end] == [
+        ("fp16", None, 2), ("fp16", "fp32", 2)]
     manifest = Manifest.read(folder)
     assert manifest.precisions() == ["fp32", "fp16", "int8"]
     for path, content in before.items():
