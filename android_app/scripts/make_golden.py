@@ -3,7 +3,9 @@ export of the shipped default weights on a short real clip through the TFLite ru
 
 Written into android_app/core/src/test/resources/golden/ (index.json + little-endian .bin arrays):
   export/manifest.json            the export's manifest, fp32 and int8 (the Kotlin tests parse the real thing)
-  runs[precision], for fp32 and int8, and runs["fp32_enlarged"], fp32 on frames 0-2 at 106x60 (enlarged):
+  runs[precision], for fp32 and int8, runs["int8_fp32_memory"], int8 with the memorised frames encoded by the
+  fp32 encoders (their calls name "precision": "fp32"), and runs["fp32_enlarged"], fp32 on frames 0-2 at 106x60
+  (enlarged):
     frames[t]: camera RGB bytes, the prepared key-encoder input, the memory after the frame (which frame each
                slot holds, keys and values in the graphs' layouts), the label map, and (frames 1 and 3) the 1+N
                probabilities at the camera's size
@@ -37,6 +39,7 @@ SIZE, QUEUE_LEN, MEM_EVERY, MAX_OBJECTS, FRAMES, CAMERA = (64, 112), 3, 2, 2, 5,
 PRECISIONS = ["fp32", "int8"]  # int8: features and memory pass between the graphs as int8 steps
 # A camera smaller than the export: its frames are enlarged (and padded) on the way in, the masks shrunk back out.
 SMALL_CAMERA, SMALL_RUN, SMALL_FRAMES = (60, 106), "fp32_enlarged", 3  # memorised, read only, memorised
+MEMORY_RUN = "int8_fp32_memory"  # int8 graphs, the memorised frames encoded by the fp32 encoders
 BOXES = [(150, 145, 300, 372), (365, 325, 490, 400)]  # the person, the leash (x0, y0, x1, y1 at 854x480)
 
 
@@ -69,12 +72,15 @@ def as_passed(value) -> np.ndarray:
 class Recorder:
     """A SubgraphRunner stand-in that records every call's inputs and outputs (floats, or int8 steps)."""
 
-    def __init__(self, runner, graph: str, calls: list, writer: Writer, frame: list[int]):
+    def __init__(self, runner, graph: str, calls: list, writer: Writer, frame: list[int],
+                 precision: str | None = None):
         self.runner, self.graph, self.calls, self.writer, self.frame = runner, graph, calls, writer, frame
+        self.precision = precision  # named for the memory's encoders only (the run's own precision otherwise)
 
     def __call__(self, **inputs):
         outputs = self.runner(**inputs)
         self.calls.append({"graph": self.graph, "frame": self.frame[0],
+                           **({"precision": self.precision} if self.precision else {}),
                            "inputs": {k: self.writer.array(as_passed(v)) for k, v in inputs.items()},
                            "outputs": {k: self.writer.array(as_passed(v)) for k, v in outputs.items()}})
         return outputs
@@ -110,9 +116,10 @@ def box_prompt() -> dict:
             "boxes": [list(b) for b in boxes], "paint_order": paint_order(boxes)}
 
 
-def record(export: Path, precision: str, camera: list[np.ndarray], mask: np.ndarray, writer: Writer) -> dict:
-    """The Python engine on the camera frames with one precision's graphs: every graph call, and per frame what
-    the Kotlin engine must reproduce."""
+def record(export: Path, precision: str, camera: list[np.ndarray], mask: np.ndarray, writer: Writer,
+           memory_precision: str | None = None) -> dict:
+    """The Python engine on the camera frames with one precision's graphs (and `memory_precision`'s encoders on
+    the memorised frames): every graph call, and per frame what the Kotlin engine must reproduce."""
     import torch
 
     from mvos.runtime.inference import Segmenter
@@ -120,9 +127,14 @@ def record(export: Path, precision: str, camera: list[np.ndarray], mask: np.ndar
     from mvos.runtime.tflite import TFLiteBackend
 
     calls, frame_index = [], [0]
-    backend = TFLiteBackend(export, queue_len=QUEUE_LEN, precision=precision)
+    backend = TFLiteBackend(export, queue_len=QUEUE_LEN, precision=precision, memory_precision=memory_precision)
     for graph in ("key_encoder", "value_encoder", "decoder"):
         setattr(backend, graph, Recorder(getattr(backend, graph), graph, calls, writer, frame_index))
+    if backend.memory_encoders is not None:
+        for graph in ("key_encoder", "value_encoder"):
+            runner = getattr(backend.memory_encoders, graph)
+            setattr(backend.memory_encoders, graph, Recorder(runner, graph, calls, writer, frame_index,
+                                                             memory_precision))
     segmenter = Segmenter(backend, DEFAULT.replace(queue_len=QUEUE_LEN, mem_every=MEM_EVERY))
     frames = []
     with torch.inference_mode():
@@ -164,6 +176,7 @@ def main() -> None:
         shutil.copy(export / "manifest.json", staging / "export" / "manifest.json")
         writer = Writer(staging)
         runs = {precision: record(export, precision, camera, mask, writer) for precision in PRECISIONS}
+        runs[MEMORY_RUN] = record(export, "int8", camera, mask, writer, memory_precision="fp32")
         small_camera, small_mask = clip(SMALL_CAMERA)
         runs[SMALL_RUN] = record(export, "fp32", small_camera[:SMALL_FRAMES], small_mask, writer)
         index = {"clip": f"examples/dog.mp4 (frames 0-{FRAMES - 1} at 192x108; {SMALL_RUN}: 0-{SMALL_FRAMES - 1} at 106x60)",

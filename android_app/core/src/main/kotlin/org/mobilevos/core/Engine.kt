@@ -26,6 +26,7 @@ class Engine(
     private val valueEncoder: SubgraphRunner,
     private val decoder: SubgraphRunner,
     val memEvery: Int = manifest.memEvery, // memorise every k-th frame (the interval the weights were validated with)
+    private val memoryEncoders: MemoryEncoders? = null, // more exact encoders for the frames the memory keeps
 ) {
     private val h = manifest.featureSize[0]
     private val w = manifest.featureSize[1]
@@ -55,7 +56,11 @@ class Engine(
         val millis = LinkedHashMap<String, Double>()
         val g = Geometry.forFrame(height, width, manifest.inputSize[0], manifest.inputSize[1])
         val frame = FloatTensor(Preprocess.frame(rgb, g, manifest.mean, manifest.std))
-        val features = timed(millis, "key_encoder") { keyEncoder.run(mapOf("frame" to frame)) }
+        // Known before the frame is decoded, as in the Python engine: a given mask starts the memory, else its
+        // interval decides.
+        val memorise = mask != null || memory?.wants(frameIndex) == true
+        val keys = if (memorise && memoryEncoders != null) memoryEncoders.keyEncoder else keyEncoder
+        val features = timed(millis, "key_encoder") { keys.run(mapOf("frame" to frame)) }
 
         var objectProbs = predict(features, millis)
         if (mask != null) {
@@ -111,7 +116,7 @@ class Engine(
         var stacked: Tensor? = null // h x w x n*Cv: object o on channels o*Cv..(o+1)*Cv
         for (o in 0 until n) {
             val value = timed(millis, "value_encoder") {
-                valueEncoder.run(mapOf("f16" to features.getValue("f16"), "mask" to FloatTensor(objectProbs[o]),
+                (memoryEncoders?.valueEncoder ?: valueEncoder).run(mapOf("f16" to features.getValue("f16"), "mask" to FloatTensor(objectProbs[o]),
                     "others" to FloatTensor(others[o])))
             }.getValue("value")
             val into = stacked ?: value.blank(valueSize * n).also { stacked = it }
@@ -125,5 +130,33 @@ class Engine(
         val result = block()
         millis[name] = (millis[name] ?: 0.0) + (System.nanoTime() - start) / 1e6
         return result
+    }
+}
+
+/**
+ * Encoders of a more exact precision for the frames the memory keeps (`memory_precision` in
+ * mvos.runtime.settings; `MemoryEncoders` in mvos.runtime.tflite): every later frame reads the memory, so int8
+ * reading a memory the fp32 encoders made follows fp32 far more closely. Their outputs go onto the grids of the
+ * engine's own ([precision]) encoders' int8 outputs, so the memory and the decoder get the same kind of tensor on
+ * every frame; f16 stays float, for the memory value encoder.
+ */
+class MemoryEncoders(manifest: Manifest, precision: String, keyEncoder: SubgraphRunner, valueEncoder: SubgraphRunner) {
+    private val keyGrids = int8Outputs(manifest, precision, "key_encoder") - "f16"
+    private val valueGrids = int8Outputs(manifest, precision, "value_encoder")
+
+    val keyEncoder = SubgraphRunner { inputs -> onGrids(keyEncoder.run(inputs), keyGrids) }
+    val valueEncoder = SubgraphRunner { inputs -> onGrids(valueEncoder.run(inputs), valueGrids) }
+
+    private fun onGrids(outputs: Map<String, Tensor>, grids: Map<String, TensorSpec>): Map<String, Tensor> =
+        outputs.mapValues { (name, value) ->
+            val grid = grids[name] ?: return@mapValues value
+            val steps = ByteArray(value.size)
+            Quantization.quantize(grid.scale!!, grid.zeroPoint!!, value.floats(), steps)
+            Int8Tensor(steps, grid.scale, grid.zeroPoint)
+        }
+
+    private companion object {
+        fun int8Outputs(manifest: Manifest, precision: String, subgraph: String): Map<String, TensorSpec> =
+            manifest.entry(precision, subgraph)!!.outputs.filter { it.dtype == "int8" }.associateBy { it.name }
     }
 }

@@ -8,19 +8,21 @@ import kotlin.test.assertTrue
 
 /**
  * The Kotlin engine driven by the graph outputs the Python engine recorded, for the fp32 and the int8 graphs
- * (and fp32 on frames smaller than the export, which are enlarged on the way in):
+ * (and fp32 on frames smaller than the export, which are enlarged on the way in, and int8 with the memorised
+ * frames encoded by the fp32 encoders):
  * every call must come in the same order with the same inputs (floats within 1e-5; int8 steps exactly, passed on
  * as the graph before made them), and the label maps, memory slots and memory contents must come out the same.
  */
 class EngineReplayTest {
-    private fun replay(precision: String, runName: String = precision) {
+    private fun replay(precision: String, runName: String = precision, memoryEncoders: Boolean = false) {
         val run = Golden.run(runName)
         var next = 0
         fun replaying(graph: String) = SubgraphRunner { inputs ->
             val call = run.calls[next++]
             val what = "$runName call ${next - 1} ($graph)"
             assertEquals(graph, call["graph"], what)
-            val entry = Golden.manifest.entry(precision, graph, if (graph == "decoder") Golden.queueLen else null)!!
+            val made = call["precision"] as String? ?: precision // the memory's encoders name theirs
+            val entry = Golden.manifest.entry(made, graph, if (graph == "decoder") Golden.queueLen else null)!!
             val recorded = call["inputs"] as Map<*, *>
             assertEquals(recorded.keys, inputs.keys, "$what inputs")
             for ((name, value) in inputs) assertSame(recorded[name], value, "$what input $name")
@@ -29,8 +31,11 @@ class EngineReplayTest {
             }
         }
 
+        val memory = if (memoryEncoders) {
+            MemoryEncoders(Golden.manifest, precision, replaying("key_encoder"), replaying("value_encoder"))
+        } else null
         val engine = Engine(Golden.manifest, Golden.queueLen, replaying("key_encoder"), replaying("value_encoder"),
-            replaying("decoder"), memEvery = Golden.memEvery)
+            replaying("decoder"), memEvery = Golden.memEvery, memoryEncoders = memory)
         for ((t, frame) in run.frames.withIndex()) {
             val (h, w) = Golden.shape(frame["camera"])
             val mask = frame["mask"]?.let { Golden.bytes(it) }
@@ -68,4 +73,14 @@ class EngineReplayTest {
 
     @Test
     fun enlargedFramesGiveThePythonEnginesLabelMapsAndMemory() = replay("fp32", Golden.ENLARGED)
+
+    /** The memorised frames (0, 2, 4) go through the fp32 encoders, their outputs onto the int8 graphs' grids;
+     *  frames 1 and 3 through the int8 key encoder. */
+    @Test
+    fun int8WithAnFp32MemoryEncodesTheMemorisedFramesAsThePythonEngineDoes() {
+        replay("int8", Golden.FP32_MEMORY, memoryEncoders = true)
+        val made = Golden.run(Golden.FP32_MEMORY).calls.filter { it["graph"] != "decoder" }
+            .map { (it["frame"] as Long).toInt() to (it["precision"] ?: "int8") }
+        assertEquals(setOf(0 to "fp32", 1 to "int8", 2 to "fp32", 3 to "int8", 4 to "fp32"), made.toSet())
+    }
 }

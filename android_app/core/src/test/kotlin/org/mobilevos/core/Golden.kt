@@ -27,6 +27,9 @@ object Golden {
     /** fp32 on the same clip at a camera size smaller than the export's: enlarged in, shrunk back out. */
     const val ENLARGED = "fp32_enlarged"
 
+    /** int8 graphs, with the frames the memory keeps encoded by the fp32 encoders (`memory_precision`). */
+    const val FP32_MEMORY = "int8_fp32_memory"
+
     val calls = run("fp32").calls
 
     val queueLen = (index["queue_len"] as Long).toInt()
