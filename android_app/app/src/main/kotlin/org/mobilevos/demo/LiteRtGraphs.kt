@@ -28,6 +28,7 @@ class LiteRtGraphs(
     queueLen: Int,
     wantGpu: Boolean,
     val threads: Int,
+    subgraphs: List<String> = Manifest.SUBGRAPHS, // the encoders only, for a memory precision's (MemoryEncoders)
 ) : AutoCloseable {
     private val delegates = ArrayList<Delegate>()
     private val runners = LinkedHashMap<String, Runner>()
@@ -38,7 +39,7 @@ class LiteRtGraphs(
     init {
         val gpuOptions = if (wantGpu) CompatibilityList().let { if (it.isDelegateSupportedOnThisDevice) it.bestOptionsForThisDevice else null } else null
         var allGpu = gpuOptions != null
-        for (subgraph in Manifest.SUBGRAPHS) {
+        for (subgraph in subgraphs) {
             val entry = manifest.entry(precision, subgraph, if (subgraph == "decoder") queueLen else null)
                 ?: throw IllegalArgumentException("the export has no $precision $subgraph for T=$queueLen (see the manifest)")
             val file = File(folder, entry.path)

@@ -28,6 +28,7 @@ import org.mobilevos.core.BoxPrompt
 import org.mobilevos.core.Engine
 import org.mobilevos.core.FrameResult
 import org.mobilevos.core.Manifest
+import org.mobilevos.core.MemoryEncoders
 import org.mobilevos.core.Postprocess
 import org.mobilevos.core.Preprocess
 import java.io.File
@@ -41,7 +42,7 @@ import java.util.concurrent.atomic.AtomicReference
  *
  * Intent extras (adb shell am start -n org.mobilevos.demo/.MainActivity --es delegate cpu ...):
  *   delegate gpu|cpu (gpu), precision fp32|fp16|int8 (gpu: fp16, cpu: int8, where exported), queue_len (the
- *   shortest exported),
+ *   shortest exported), memory_precision fp32|fp16 (the encoders of the frames the memory keeps; default: precision),
  *   threads (4), benchmark_frames N (start the benchmark mode as soon as objects are tracked),
  *   center_box true (track what is inside the middle half of the first frame: unattended benchmark runs)
  */
@@ -53,6 +54,7 @@ class MainActivity : AppCompatActivity() {
 
     // Owned by the analysis thread.
     private var graphs: LiteRtGraphs? = null
+    private var memoryGraphs: LiteRtGraphs? = null // the memory precision's encoders, where asked for
     private var engine: Engine? = null
     private var recorder: BenchmarkRecorder? = null
     private var benchmarkTarget = 0
@@ -94,7 +96,7 @@ class MainActivity : AppCompatActivity() {
 
     override fun onDestroy() {
         super.onDestroy()
-        analysis.execute { graphs?.close() } // the GPU delegate is closed on the thread that made it
+        analysis.execute { graphs?.close(); memoryGraphs?.close() } // the GPU delegate is closed on the thread that made it
         analysis.shutdown()
     }
 
@@ -201,10 +203,17 @@ class MainActivity : AppCompatActivity() {
         // the export's own queue length (mvos export's default is the inference default, T=2)
         val queueLen = intent.getIntExtra("queue_len", manifest.queueLengths(precision).firstOrNull()
             ?: throw IllegalArgumentException("the export has no $precision decoder"))
-        val graphs = LiteRtGraphs(folder, manifest, precision, queueLen, gpu, intent.getIntExtra("threads", 4))
+        val threads = intent.getIntExtra("threads", 4)
+        val graphs = LiteRtGraphs(folder, manifest, precision, queueLen, gpu, threads)
         this.graphs = graphs
+        // int8 reading a memory the fp32 encoders made follows fp32 far more closely (docs/benchmarks.md)
+        val memoryPrecision = intent.getStringExtra("memory_precision")?.takeIf { it != precision }
+        val memory = memoryPrecision?.let { LiteRtGraphs(folder, manifest, it, queueLen, gpu, threads, Manifest.ENCODERS) }
+        memoryGraphs = memory
         return Engine(manifest, queueLen, graphs.runner("key_encoder"), graphs.runner("value_encoder"),
-            graphs.runner("decoder"))
+            graphs.runner("decoder"), memoryEncoders = memory?.let {
+                MemoryEncoders(manifest, precision, it.runner("key_encoder"), it.runner("value_encoder"))
+            })
     }
 
     private fun statsText(result: FrameResult): String {
