@@ -393,6 +393,7 @@ def test_eval_with_model_writes_predictions_and_reports(model_run):
     assert 0.0 <= summary["J"] <= 1.0 and 0.0 <= summary["F"] <= 1.0
     assert summary["variant"] == "mobilenetv2-noaspp" and summary["queue_len"] == 3
     assert summary["mem_every"] == DEFAULT.mem_every
+    assert summary["backend"] == "torch" and summary["precision"] is None  # what a TFLite run names
     assert summary["parameters"] > 1_000_000 and summary["fps"] > 0
     assert summary["timed_frames"] == 11  # 12 frames less the warm-up frame
     per_seq = read_csv(out_dir / "per-sequence_results-val.csv")

@@ -219,7 +219,8 @@ def evaluate(segmenter, dataset: str, split: str, seqs: list[Sequence], out_dir:
         segment_sequence(segmenter, dataset, seq, pred_root / seq.name, timing)
     info = segmenter.describe()
     run = {**run_info, "fps": timing.fps, "timed_frames": len(timing.steady), "parameters": segmenter.num_parameters,
-           **{k: info.get(k) for k in ("queue_len", "mem_every", "variant", "backend", "size", "memory", "top_k")}}
+           **{k: info.get(k) for k in ("queue_len", "mem_every", "variant", "backend", "size", "memory", "top_k",
+                                       "precision", "memory_precision", "model_dir")}}
     if dataset == "ytvos2019":
         count = zip_submission(pred_root, out_dir / "submission.zip")
         summary = {**run, "submission": "submission.zip", "scored": False}
