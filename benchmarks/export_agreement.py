@@ -1,7 +1,8 @@
 """How closely an export's precisions follow fp32 PyTorch on real clips that calibration did not see: each clip is
 segmented from its first-frame mask by the TFLite runtime and by PyTorch at the export's size (the checks
 `mvos export` records, `mvos.export.verify.end_to_end`), closed loop and one step at a time (the exported graphs
-memorising PyTorch's masks, so one frame's differences cannot steer the later ones). Writes agreement.csv.
+memorising PyTorch's masks, so one frame's differences cannot steer the later ones); each less exact precision
+also with the memory made by the most exact one's encoders (`--memory-precision`). Writes agreement.csv.
 
     mvos export --size 480x864 --queue-len 2 --precision fp32,int8 --out /tmp/export
     python benchmarks/export_agreement.py --model-dir /tmp/export --out benchmarks/results/export_agreement \\
@@ -26,12 +27,15 @@ def main() -> None:
     rows = []
     for clip in real_clips.clips(args):
         references: dict = {}  # PyTorch runs once per clip, for every precision
-        for precision in manifest.precisions():
+        precisions = manifest.precisions()
+        # each less exact precision also reading a memory made by the most exact one's encoders
+        engines = [(p, None) for p in precisions] + [(p, precisions[0]) for p in precisions[1:]]
+        for precision, memory in engines:
             check = end_to_end(model, args.model_dir, precision, args.queue_len, manifest.top_k, args.threads,
-                               reference_cache=references, clip=clip)
+                               reference_cache=references, clip=clip, memory_precision=memory)
             rows.append(asdict(check))
-            print(f"{clip.name:<12} {precision:<5} frames {check.frames:>4}  closed-loop IoU {check.mean_iou:.4f}  "
-                  f"one-step IoU {check.one_step_iou:.4f}")
+            print(f"{clip.name:<12} {check.engine:<18} frames {check.frames:>4}  closed-loop IoU "
+                  f"{check.mean_iou:.4f}  one-step IoU {check.one_step_iou:.4f}")
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(args.out / "agreement.csv", rows)
     print(f"wrote {args.out / 'agreement.csv'}")

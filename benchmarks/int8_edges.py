@@ -40,21 +40,28 @@ class DecoderFeeds:
         return self.inner.decode(query, memory_keys, memory_values, num_objects)
 
 
-def mixes() -> list[tuple[str, str, frozenset]]:
-    """(row, decoder precision, inputs taken from the int8 run)."""
+MEMORY = ("mem_keys", "mem_values")
+
+
+def mixes(queue_len: int) -> list[tuple[str, str, frozenset, int | None]]:
+    """(row, decoder precision, inputs taken from the int8 run, the memory slot taken from the fp32 run)."""
     every = frozenset(INPUTS)
     rows = [("all int8", "int8", every), ("int8 decoder only", "int8", frozenset()),
             ("int8 inputs, fp32 decoder", "fp32", every)]
     rows += [(f"only {name} int8", "int8", frozenset({name})) for name in INPUTS]
     rows += [(f"all but {name} int8", "int8", every - {name}) for name in INPUTS]
     rows.append(("all but key, mem_keys int8", "int8", every - {"key", "mem_keys"}))  # the key projection's
+    rows = [(*row, None) for row in rows]
+    # Which memory frame carries it: slot 0 holds the reference frame, the others the recent ones.
+    rows += [(f"all but memory slot {slot} int8", "int8", every, slot) for slot in range(queue_len)]
     return rows
 
 
 def mixed_iou(decoder, spec_of, fp32_run: list[dict], int8_run: list[dict], from_int8: frozenset,
-              reference: list[np.ndarray]) -> float:
+              reference: list[np.ndarray], fp32_slot: int | None = None) -> float:
     """Mean over frames of the IoU of `decoder`'s logits > 0 against `reference`, each input from the int8
-    run if named in `from_int8`, else from the fp32 run. An fp32 decoder gets int8 steps dequantised."""
+    run if named in `from_int8`, else from the fp32 run, and memory slot `fp32_slot` (keys and values) from the
+    fp32 run. An fp32 decoder gets int8 steps dequantised; an int8 decoder takes fp32's floats quantised."""
     from mvos.runtime.manifest import dequantise
 
     scores = []
@@ -62,6 +69,12 @@ def mixed_iou(decoder, spec_of, fp32_run: list[dict], int8_run: list[dict], from
         feed = {}
         for name in INPUTS:
             array = (int8_run if name in from_int8 else fp32_run)[t][name]
+            if fp32_slot is not None and name in MEMORY and name in from_int8:
+                array = array.astype(np.float32) if decoder.inputs[name][0].dtype != "int8" else array.copy()
+                exact = fp32_run[t][name][fp32_slot]
+                spec = decoder.inputs[name][0]
+                array[fp32_slot] = exact if spec.dtype != "int8" else np.clip(
+                    np.rint(exact / spec.scale) + spec.zero_point, -128, 127).astype(np.int8)
             if array.dtype == np.int8 and decoder.inputs[name][0].dtype != "int8":
                 spec = spec_of[name]
                 array = dequantise(array, spec.scale, spec.zero_point)
@@ -100,8 +113,9 @@ def main() -> None:
                 one_step_run(recorder, memorised, settings, clip.frames, masks)
                 runs[precision] = recorder.frames
         reference = [decoders["fp32"](**feed)["logits"] > 0 for feed in runs["fp32"]]
-        for row, decoder, from_int8 in mixes():
-            iou = mixed_iou(decoders[decoder], int8_specs, runs["fp32"], runs["int8"], from_int8, reference)
+        for row, decoder, from_int8, fp32_slot in mixes(args.queue_len):
+            iou = mixed_iou(decoders[decoder], int8_specs, runs["fp32"], runs["int8"], from_int8, reference,
+                            fp32_slot)
             rows.append({"clip": clip.name, "mix": row, "decoder": decoder,
                          "int8_inputs": " ".join(n for n in INPUTS if n in from_int8), "iou": iou})
             print(f"{clip.name:<12} {row:<28} IoU {iou:.4f}", flush=True)
