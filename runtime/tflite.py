@@ -247,17 +247,19 @@ class TFLiteBackend:
         # 1.2 M values after the key encoder and quantising 1.5 M before the decoder every frame.
         made = {(graph, spec.name): (spec.scale, spec.zero_point)
                 for graph, entry in entries.items() for spec in entry.outputs if spec.dtype == "int8"}
+        self.memory_precision = memory_precision or precision
         runners = {}
         for graph, entry in entries.items():
+            if graph == "value_encoder" and self.memory_precision != precision:
+                continue  # only memorised frames are value-encoded: the memory's value encoder does them all
             sources = {name: made[source] for (taker, name), source in PRODUCERS.items()
                        if taker == graph and source in made}
             runners[graph] = SubgraphRunner(self.model_dir, entry, self.threads, check_hash,
                                             int8_outputs=graph != "decoder", int8_sources=sources,
                                             remake=remake)
-        self.key_encoder, self.value_encoder, self.decoder = (runners[graph] for graph in entries)
+        self.key_encoder, self.value_encoder, self.decoder = (runners.get(graph) for graph in entries)
         frame = self.key_encoder.inputs["frame"][0]
         self.frame_quantisation = (frame.scale, frame.zero_point) if frame.dtype == "int8" else None
-        self.memory_precision = memory_precision or precision
         self.memory_encoders = None
         if self.memory_precision != precision:
             remake = self.manifest.export_command(self.model_dir, self.memory_precision, queue_len)
