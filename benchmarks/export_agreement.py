@@ -22,15 +22,13 @@ def main() -> None:
 
     from mvos.export.verify import end_to_end
     from mvos.runtime.io import write_csv
+    from mvos.runtime.settings import memory_engines
 
     manifest, model = real_clips.export_and_model(args)
     rows = []
     for clip in real_clips.clips(args):
         references: dict = {}  # PyTorch runs once per clip, for every precision
-        precisions = manifest.precisions()
-        # each less exact precision also reading a memory made by the most exact one's encoders
-        engines = [(p, None) for p in precisions] + [(p, precisions[0]) for p in precisions[1:]]
-        for precision, memory in engines:
+        for precision, memory in memory_engines(manifest.precisions()):
             check = end_to_end(model, args.model_dir, precision, args.queue_len, manifest.top_k, args.threads,
                                reference_cache=references, clip=clip, memory_precision=memory)
             rows.append(asdict(check))

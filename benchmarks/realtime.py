@@ -121,7 +121,7 @@ def frame_rows(model_dir: Path, label: str, manifest, queue_len: int, threads: i
 
     from mvos.runtime.inference import Segmenter, Timing, track
     from mvos.runtime.io import open_frames, read_mask
-    from mvos.runtime.settings import DEFAULT
+    from mvos.runtime.settings import DEFAULT, memory_engines
     from mvos.runtime.tflite import TFLiteBackend
 
     source = open_frames(REPO / "examples" / "dog.mp4")
@@ -130,11 +130,9 @@ def frame_rows(model_dir: Path, label: str, manifest, queue_len: int, threads: i
     camera = ([cv2.resize(frame, CAMERA, interpolation=cv2.INTER_LINEAR) for frame in clip],
               cv2.resize(mask, CAMERA, interpolation=cv2.INTER_NEAREST))
     every = DEFAULT.mem_every
-    precisions = manifest.precisions()
-    # each precision, and each less exact one with the memory made by the most exact one's encoders
-    engines = [(p, p) for p in precisions] + [(p, precisions[0]) for p in precisions[1:]]
     rows = []
-    for precision, memory in engines:
+    for precision, memory_precision in memory_engines(manifest.precisions()):
+        memory = memory_precision or precision
         backend = TFLiteBackend(model_dir, queue_len=queue_len, threads=threads, precision=precision,
                                 memory_precision=memory)
         graph_row = {(r["precision"], r["graph"]): r for r in subgraphs if r["export"] == label}

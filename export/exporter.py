@@ -28,7 +28,7 @@ from mvos.runtime.manifest import (MANIFEST_NAME, PRODUCERS, SUBGRAPHS, Conversi
                                    graph_key)
 from mvos.runtime.memory import check_queue_len
 from mvos.runtime.model import MobileVOS
-from mvos.runtime.settings import PRECISIONS
+from mvos.runtime.settings import PRECISIONS, memory_engines
 
 MAX_EXPORT_OBJECTS = 16
 
@@ -250,13 +250,10 @@ def _verify_end_to_end(model: MobileVOS, staging: Path, manifest: Manifest, miss
     touched = sorted({(p, t) for p, s, t in missing if s == "decoder"} |
                      {(p, t) for p, s, _ in missing if s != "decoder" for t in manifest.queue_lens(p)})
     touched = [(p, t) for p, t in touched if p in complete and manifest.entry(p, "decoder", t) is not None]
-    # Each less exact precision is also checked reading a memory made by the most exact one's encoders
-    # (`--memory-precision`), again wherever those encoders were made anew.
-    exact = complete[0] if complete else None
-    runs = [(p, None, t) for p, t in touched] + [(p, exact, t) for p, t in touched if p != exact]
-    if any(p == exact and s != "decoder" for p, s, _ in missing):
-        runs += [(p, exact, t) for p in complete if p != exact for t in manifest.queue_lens(p)
-                 if (p, exact, t) not in runs]
+    # A check with another precision's memory encoders runs again when those encoders were made anew.
+    memory_remade = bool(complete) and any(p == complete[0] and s != "decoder" for p, s, _ in missing)
+    runs = [(p, m, t) for p, m in memory_engines(complete) for t in manifest.queue_lens(p)
+            if (p, t) in touched or (m is not None and memory_remade)]
     references: dict = {}
     for precision, memory, queue_len in tqdm(runs, desc="verify end to end", unit="run", disable=not progress,
                                              dynamic_ncols=True):

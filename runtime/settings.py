@@ -72,6 +72,13 @@ class InferenceSettings:
         return cls(**{k: v for k, v in options.items() if k in names and v is not None})
 
 
+def memory_engines(precisions: list[str]) -> list[tuple[str, str | None]]:
+    """The (precision, memory precision) pairs an export's checks and the benchmarks run, given its complete
+    precisions most exact first: each one alone (None), then each less exact one reading a memory made by the
+    most exact one's encoders."""
+    return [(p, None) for p in precisions] + [(p, precisions[0]) for p in precisions[1:]]
+
+
 DEFAULT = InferenceSettings()
 # Exports take one fixed size: the default short side at 16:9, padded to the stride (480x864).
 DEFAULT_EXPORT_SIZE = f"{DEFAULT.size}x{math.ceil(DEFAULT.size * 16 / 9 / MIN_SIZE) * MIN_SIZE}"
