@@ -114,9 +114,10 @@ class Engine(
         val n = objectProbs.size
         val cv = manifest.valueDim
         var stacked: Tensor? = null // h x w x n*Cv: object o on channels o*Cv..(o+1)*Cv
+        val values = memoryEncoders?.valueEncoder ?: valueEncoder // only memorised frames get here
         for (o in 0 until n) {
             val value = timed(millis, "value_encoder") {
-                (memoryEncoders?.valueEncoder ?: valueEncoder).run(mapOf("f16" to features.getValue("f16"), "mask" to FloatTensor(objectProbs[o]),
+                values.run(mapOf("f16" to features.getValue("f16"), "mask" to FloatTensor(objectProbs[o]),
                     "others" to FloatTensor(others[o])))
             }.getValue("value")
             val into = stacked ?: value.blank(valueSize * n).also { stacked = it }
