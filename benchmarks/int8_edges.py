@@ -69,15 +69,12 @@ def mixed_iou(decoder, spec_of, fp32_run: list[dict], int8_run: list[dict], from
         feed = {}
         for name in INPUTS:
             array = (int8_run if name in from_int8 else fp32_run)[t][name]
-            if fp32_slot is not None and name in MEMORY and name in from_int8:
-                array = array.astype(np.float32) if decoder.inputs[name][0].dtype != "int8" else array.copy()
-                exact = fp32_run[t][name][fp32_slot]
-                spec = decoder.inputs[name][0]
-                array[fp32_slot] = exact if spec.dtype != "int8" else np.clip(
-                    np.rint(exact / spec.scale) + spec.zero_point, -128, 127).astype(np.int8)
             if array.dtype == np.int8 and decoder.inputs[name][0].dtype != "int8":
                 spec = spec_of[name]
                 array = dequantise(array, spec.scale, spec.zero_point)
+            if fp32_slot is not None and name in MEMORY and name in from_int8:
+                array = array.copy()
+                array[fp32_slot] = decoder.inputs[name][0].to_graph(fp32_run[t][name][fp32_slot])
             feed[name] = array
         got = decoder(**feed)["logits"] > 0
         union = np.logical_or(got, expected).sum()

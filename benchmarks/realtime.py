@@ -132,9 +132,9 @@ def frame_rows(model_dir: Path, label: str, manifest, queue_len: int, threads: i
     every = DEFAULT.mem_every
     rows = []
     for precision, memory_precision in memory_engines(manifest.precisions()):
-        memory = memory_precision or precision
         backend = TFLiteBackend(model_dir, queue_len=queue_len, threads=threads, precision=precision,
-                                memory_precision=memory)
+                                memory_precision=memory_precision)
+        memory = backend.memory_precision
         graph_row = {(r["precision"], r["graph"]): r for r in subgraphs if r["export"] == label}
         key, decoder = graph_row[(precision, "key_encoder")], graph_row[(precision, f"decoder_T{queue_len}")]
         memory_key, value = graph_row[(memory, "key_encoder")], graph_row[(memory, "value_encoder")]
@@ -159,7 +159,7 @@ def frame_rows(model_dir: Path, label: str, manifest, queue_len: int, threads: i
                        "ms": min(float(np.mean(p)) for p in passes_ms)}
             row.update(gmac=round(floor_of("gmac", mem_every), 3), floor_ms=floor_of("floor_ms", mem_every))
             rows.append({"export": label, "precision": precision,
-                         "memory_precision": "" if memory == precision else memory, **row, "ms": round(row["ms"], 2),
+                         "memory_precision": memory_precision or "", **row, "ms": round(row["ms"], 2),
                          "median_ms": round(float(np.median(steady)), 2), "floor_ms": round(row["floor_ms"], 2),
                          "ratio": round(row["ms"] / row["floor_ms"], 2)})
     return rows
