@@ -37,8 +37,10 @@ class Backend(Protocol):
     fixed_size: tuple[int, int] | None  # (H, W) when the networks only take one input size
     channels_last: bool  # frames wanted channels-last (NHWC) in memory
     host_threads: int | None  # torch threads for the engine's own work between network calls (None: as set)
-    # (scale, zero point) where encode_key takes the frame as int8: the engine then quantises it as it normalises
-    frame_quantisation: tuple[float, int] | None
+    # (scale, zero point) where encode_key takes the frame as int8, by whether the engine will memorise it (a
+    # backend with more exact memory encoders takes those frames as their key encoder does): the engine then
+    # quantises the frame as it normalises it
+    def frame_quantisation(self, memorise: bool = False) -> tuple[float, int] | None: ...
 
     # 1,3,H,W. memorise: the engine will memorise this frame (its key and f16 go into the memory), so a backend
     # with more exact memory encoders runs those on it
@@ -59,7 +61,6 @@ class TorchBackend:
     name = "torch"
     fixed_size = None
     host_threads = None  # the networks are torch too: the caller's thread setting serves both
-    frame_quantisation = None
 
     def __init__(self, model, top_k: int | None = None, channels_last: bool = False):
         """channels_last: convert the model's weights (in place) and take frames channels-last in memory, the
@@ -70,6 +71,9 @@ class TorchBackend:
         self.channels_last = channels_last
         self.top_k = top_k
         self.device = next(model.parameters()).device  # frames go where the model is (a GPU during GPU training)
+
+    def frame_quantisation(self, memorise: bool = False) -> None:
+        return None  # float frames throughout
 
     def encode_key(self, frame: torch.Tensor, memorise: bool = False) -> KeyFeatures:
         return self.model.encode_key(frame.to(self.device))
@@ -173,10 +177,8 @@ class Segmenter:
         self._normalise = ((levels - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32).reshape(256, 1, 3)
         # And straight to int8 for a backend whose key encoder takes int8 frames: the same values its own
         # quantisation of the normalised frame gives, in one lookup instead of a float frame and five passes
-        # over it (0.5 against 1.6-2.0 ms per 480x854 frame here).
-        quantisation = self.backend.frame_quantisation
-        self._quantised = None if quantisation is None else (
-            quantise(self._normalise, *quantisation).astype(np.int8), quantisation[1])  # table, padding's 0.0
+        # over it (0.5 against 1.6-2.0 ms per 480x854 frame here). One table per quantisation, made on first use.
+        self._quantised: dict[tuple[float, int], tuple[np.ndarray, int]] = {}
 
     @property
     def size(self) -> int | None:
@@ -206,10 +208,10 @@ class Segmenter:
             raise MvosError(f"frame {self.frame_index}: expected an HxWx3 RGB image, got shape {frame.shape}")
         geometry = FrameGeometry.for_frame(frame.shape[0], frame.shape[1], self.size, self.backend.fixed_size)
         with torch_threads(self.backend.host_threads):
-            image = self._prepare_frame(frame, geometry)
-            # Known before the frame is decoded: a given mask starts a memory (a correction of known objects
+            # Known before the frame is encoded: a given mask starts a memory (a correction of known objects
             # may not be memorised, which costs only time); otherwise each memory's own interval decides.
             memorise = mask is not None or any(group.memory.wants(self.frame_index) for group in self.groups)
+            image = self._prepare_frame(frame, geometry, self.backend.frame_quantisation(memorise))
             features = self.backend.encode_key(image, memorise=memorise)
 
             object_probs = self._predict(features, geometry)  # N,1,H,W
@@ -229,16 +231,20 @@ class Segmenter:
 
     # ---- internals ---------------------------------------------------------------------------------------
 
-    def _prepare_frame(self, frame: np.ndarray, geometry: FrameGeometry) -> torch.Tensor:
+    def _prepare_frame(self, frame: np.ndarray, geometry: FrameGeometry,
+                       quantisation: tuple[float, int] | None = None) -> torch.Tensor:
         """H,W,3 uint8 -> 1,3,H,W: (x/255 - mean)/std, resized (shrunk by area averaging, enlarged bilinearly),
-        zero-padded bottom/right; as int8 steps for a backend whose key encoder takes int8 frames, when no resize
-        is needed."""
+        zero-padded bottom/right; as int8 steps of `quantisation` (the key encoder's frame input), when no
+        resize is needed."""
         if frame.dtype != np.uint8:
             raise MvosError(f"frame {self.frame_index}: expected uint8 RGB values, got {frame.dtype}")
         frame = np.ascontiguousarray(frame)
         same_size = geometry.resized == geometry.original
-        if self._quantised is not None and same_size:  # int8 for the graph (resized frames go through float)
-            table, zero_point = self._quantised
+        if quantisation is not None and same_size:  # int8 for the graph (resized frames go through float)
+            if quantisation not in self._quantised:  # table, padding's 0.0
+                table = quantise(self._normalise, *quantisation).astype(np.int8)
+                self._quantised[quantisation] = (table, quantisation[1])
+            table, zero_point = self._quantised[quantisation]
             padded = torch.full((1, *geometry.padded, 3), zero_point, dtype=torch.int8)
         else:
             table, padded = self._normalise, torch.zeros(1, *geometry.padded, 3)  # NHWC, the frame's own layout

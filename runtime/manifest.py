@@ -68,6 +68,11 @@ class TensorSpec:
     scale: float | None = None  # int8 tensors only
     zero_point: int | None = None
 
+    @property
+    def quantisation(self) -> tuple[float, int] | None:
+        """(scale, zero point) of an int8 tensor; None for a float one."""
+        return (self.scale, self.zero_point) if self.dtype == "int8" else None
+
     def int8_range(self) -> tuple[float, float]:
         """The real values an int8 tensor can hold: its steps -128 and 127."""
         return self.scale * (-128 - self.zero_point), self.scale * (127 - self.zero_point)

@@ -69,6 +69,8 @@ class SubgraphRunner:
             if tuple(array.shape) != tuple(spec.shape):
                 raise MvosError(f"{self.path.name}: input {name} has shape {tuple(array.shape)}, "
                                 f"expected {tuple(spec.shape)}")
+            if array.dtype == np.int8 and spec.dtype != "int8":  # steps of some grid, not values: a caller's bug
+                raise MvosError(f"{self.path.name}: input {name} takes {spec.dtype} values, got int8 steps")
             target = self.interpreter.tensor(index)()
             if spec.dtype != "int8":
                 target[...] = array
@@ -160,28 +162,22 @@ class MemoryEncoders:
     the memory and the decoder get the same kind of tensor on every frame; f16 stays as computed, for the
     memory value encoder."""
 
-    def __init__(self, runners: dict[str, SubgraphRunner], own: dict[str, GraphFile],
-                 frame_quantisation: tuple[float, int] | None):
+    def __init__(self, runners: dict[str, SubgraphRunner], own: dict[str, GraphFile]):
         self.key_encoder, self.value_encoder = runners["key_encoder"], runners["value_encoder"]
-        self.frame_quantisation = frame_quantisation
+        self.frame_quantisation = self.key_encoder.inputs["frame"][0].quantisation
         grids = {graph: {spec.name: (spec.scale, spec.zero_point) for spec in entry.outputs if spec.dtype == "int8"}
                  for graph, entry in own.items()}
         self.key_grids, self.value_grid = grids["key_encoder"], grids["value_encoder"].get("value")
         self.buffers: dict[tuple, np.ndarray] = {}  # float scratch and int8 steps by (output, shape), made once
 
     def encode_key(self, frame: torch.Tensor) -> KeyFeatures:
-        frame = nhwc_numpy(frame)
-        if frame.dtype == np.int8:  # quantised for the own key encoder as the engine normalised it
-            frame = dequantise(frame, *self.frame_quantisation, out=self._buffer("frame", frame.shape, np.float32))
-        out = self.key_encoder(frame=frame)
+        out = self.key_encoder(frame=nhwc_numpy(frame))  # prepared for this key encoder (`frame_quantisation`)
         return key_features({name: array if name == "f16" else self._on_grid(name, array, self.key_grids.get(name))
                              for name, array in out.items()})
 
     def encode_value(self, features: KeyFeatures, masks: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
-        f16 = nhwc_numpy(features.f16)
-        if f16.dtype == np.int8:  # a frame encoded by the own key encoder (the engine did not say it memorises it)
-            f16 = dequantise(f16, *self.key_grids["f16"])
-        values = encode_values(self.value_encoder, f16, masks, others)
+        # f16 as the memory key encoder left it: the engine said it memorises this frame (`encode_key`)
+        values = encode_values(self.value_encoder, nhwc_numpy(features.f16), masks, others)
         return nchw_view(self._on_grid("value", values, self.value_grid))
 
     def _on_grid(self, name: str, array: np.ndarray, grid: tuple[float, int] | None) -> np.ndarray:
@@ -258,8 +254,7 @@ class TFLiteBackend:
                                             int8_outputs=graph != "decoder", int8_sources=sources,
                                             remake=remake)
         self.key_encoder, self.value_encoder, self.decoder = (runners.get(graph) for graph in entries)
-        frame = self.key_encoder.inputs["frame"][0]
-        self.frame_quantisation = (frame.scale, frame.zero_point) if frame.dtype == "int8" else None
+        self.own_frame_quantisation = self.key_encoder.inputs["frame"][0].quantisation
         self.memory_encoders = None
         if self.memory_precision != precision:
             remake = self.manifest.export_command(self.model_dir, self.memory_precision, queue_len)
@@ -270,7 +265,12 @@ class TFLiteBackend:
                     raise MvosError(f"{self.model_dir} has no {self.memory_precision} {graph} for the memory "
                                     f"(exported: {', '.join(available)}); add it with `{remake}`")
                 encoders[graph] = SubgraphRunner(self.model_dir, entry, self.threads, check_hash, remake=remake)
-            self.memory_encoders = MemoryEncoders(encoders, {g: entries[g] for g in ENCODERS}, self.frame_quantisation)
+            self.memory_encoders = MemoryEncoders(encoders, {g: entries[g] for g in ENCODERS})
+
+    def frame_quantisation(self, memorise: bool = False) -> tuple[float, int] | None:
+        if memorise and self.memory_encoders is not None:
+            return self.memory_encoders.frame_quantisation
+        return self.own_frame_quantisation
 
     def encode_key(self, frame: torch.Tensor, memorise: bool = False) -> KeyFeatures:
         if memorise and self.memory_encoders is not None:

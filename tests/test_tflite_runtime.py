@@ -180,12 +180,12 @@ def test_int8_frames_are_quantised_in_one_lookup(export_dir, model):
 
     backend = TFLiteBackend(export_dir, queue_len=2, precision="int8")
     spec = backend.key_encoder.inputs["frame"][0]
-    assert backend.frame_quantisation == (spec.scale, spec.zero_point)
-    assert TFLiteBackend(export_dir, queue_len=2, precision="fp32").frame_quantisation is None
+    assert backend.frame_quantisation() == backend.frame_quantisation(memorise=True) == (spec.scale, spec.zero_point)
+    assert TFLiteBackend(export_dir, queue_len=2, precision="fp32").frame_quantisation() is None
     frames, _ = synthetic_video(TINY_SIZE, num_frames=1, seed=6)  # narrower than the export: padded, not resized
     geometry = FrameGeometry.for_frame(*frames[0].shape[:2], None, backend.fixed_size)
     assert geometry.resized == geometry.original != geometry.padded
-    quantised = Segmenter(backend)._prepare_frame(frames[0], geometry)
+    quantised = Segmenter(backend)._prepare_frame(frames[0], geometry, backend.frame_quantisation())
     normalised = Segmenter(torch_backend(model))._prepare_frame(frames[0], geometry)
     assert quantised.dtype == torch.int8 and quantised.shape == normalised.shape
     np.testing.assert_array_equal(nhwc_numpy(quantised), spec.to_graph(nhwc_numpy(normalised)))
@@ -260,26 +260,25 @@ def test_memory_precision_runs_its_encoders_on_memorised_frames_only(export_dir)
     memorises (given masks, then each memory's interval), their outputs on the int8 graphs' grids, so the memory
     keeps int8 steps; slot 0 (the given masks' frame, the same inputs either way) is then fp32's memory of the
     same frame rounded to those steps."""
-    from mvos.runtime.manifest import dequantise, quantise
-    from mvos.runtime.tflite import nhwc_numpy
+    from mvos.runtime.manifest import quantise
 
     frames, masks = synthetic_video(TINY_SIZE, num_frames=8, seed=3)  # objects given on frames 0 and 2
     settings = DEFAULT.replace(queue_len=2, mem_every=3)
     mixed = TFLiteBackend(export_dir, queue_len=2, precision="int8", memory_precision="fp32")
     exact = TFLiteBackend(export_dir, queue_len=2, precision="fp32")
-    # fp32 fed the int8 key encoder's frame, as the memory encoders are (the frame's rounding alone moves this
-    # small random model's keys by up to 12 steps)
-    exact.frame_quantisation = mixed.frame_quantisation
-    fp32_encode_key = exact.encode_key
-    exact.encode_key = lambda frame, memorise=False: fp32_encode_key(torch.from_numpy(
-        dequantise(nhwc_numpy(frame), *mixed.frame_quantisation)).permute(0, 3, 1, 2))
+    # memorised frames come as the fp32 key encoder takes them: floats, not the int8 key encoder's steps (whose
+    # rounding alone moves this small random model's keys by up to 12 steps)
+    assert mixed.frame_quantisation() is not None and mixed.frame_quantisation(memorise=True) is None
     encoders = mixed.memory_encoders
     calls = {"fp32 key": [], "int8 key": [], "fp32 value": []}  # the frame of each call
+    frame_types = {"fp32 key": set(), "int8 key": set()}
     segmenter = Segmenter(mixed, settings)
 
     def counted(runner, name):
         def run(**inputs):
             calls[name].append(segmenter.frame_index)
+            if "frame" in inputs:
+                frame_types[name].add(inputs["frame"].dtype)
             return runner(**inputs)
         return run
 
@@ -294,6 +293,7 @@ def test_memory_precision_runs_its_encoders_on_memorised_frames_only(export_dir)
     # group 1 (frame 0) memorises 0, 3, 6; group 2 (frame 2) memorises 2, 5
     assert calls["fp32 key"] == [0, 2, 3, 5, 6]
     assert calls["int8 key"] == [1, 4, 7]
+    assert frame_types == {"fp32 key": {np.dtype(np.float32)}, "int8 key": {np.dtype(np.int8)}}
     assert set(calls["fp32 value"]) == {0, 2, 3, 5, 6}
     assert all(m.dtype == torch.int8 for group in segmenter.groups for m in group.memory.read())
     # Frame 0's objects (group 1): nothing predicted yet, so the same masks either way. (Group 2's "others" on
@@ -316,3 +316,8 @@ def test_memory_precision_errors(export_dir):
         DEFAULT.replace(memory_precision="fp32")
     same = TFLiteBackend(export_dir, queue_len=2, precision="int8", memory_precision="int8")
     assert same.memory_encoders is None and same.describe()["memory_precision"] == "int8"
+    # int8 steps into a float graph (a frame prepared for the int8 key encoder) would be taken as values
+    mixed = TFLiteBackend(export_dir, queue_len=2, precision="int8", memory_precision="fp32")
+    steps = torch.zeros(1, 3, *mixed.fixed_size, dtype=torch.int8)
+    with pytest.raises(MvosError, match="input frame takes float32 values, got int8 steps"):
+        mixed.encode_key(steps, memorise=True)
