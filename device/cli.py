@@ -12,7 +12,12 @@ from mvos.export.subgraphs import parse_size
 from mvos.runtime.errors import MvosError
 from mvos.runtime.manifest import ENCODERS, Manifest
 from mvos.runtime.memory import MAX_QUEUE_LEN, parse_queue_lens
-from mvos.runtime.settings import DEFAULT_EXPORT_SIZE, PRECISIONS
+from mvos.runtime.settings import DEFAULT, DEFAULT_EXPORT_SIZE, PRECISIONS
+
+# Both commands: the clip's mean frame spreads the value encoder over the frames between memorised ones.
+mem_every_option = click.option(
+    "--mem-every", type=click.IntRange(min=1), default=DEFAULT.mem_every, show_default=True,
+    help="Memorise one frame in this many (the engine's interval), for the clip's mean frame.")
 
 
 def bench_points(model_dir: Path, label: str, manifest: Manifest, precisions: list[str], queue_lens: list[int]):
@@ -55,6 +60,7 @@ def plot_outputs(plot_path: Path | None) -> list[Path]:
               help="Input size HxW of the exports.")
 @click.option("--objects", type=click.IntRange(min=1), default=1, show_default=True,
               help="Objects tracked: the value encoder runs once per object in the per-frame latency.")
+@mem_every_option
 @click.option("--model-dir", type=click.Path(path_type=Path), default=None,
               help="Folder of exports (one sub-folder per model); what is missing is exported first.")
 @click.option("--app", "from_app", is_flag=True,
@@ -75,9 +81,10 @@ def plot_outputs(plot_path: Path | None) -> list[Path]:
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None, help="Also write the plots.")
 def bench_command(device_spec, variants, weights, random_weights, queue_len_text, use_gpu, threads, precision_text,
                   size_text,
-                  objects, model_dir, from_app, app_csv, out_csv, benchmark_binary, num_runs, warmup_runs, op_profiling,
+                  objects, mem_every, model_dir, from_app, app_csv, out_csv, benchmark_binary, num_runs, warmup_runs, op_profiling,
                   timeout_s, resume, overwrite, no_verify, plot_path) -> None:
-    """Per-frame latency (key encoder + value encoder + decoder) against memory queue length."""
+    """Per-frame latency against memory queue length: a memorised frame (key encoder + value encoder + decoder)
+    and a clip's mean frame; an int8 export measured beside fp32 also as int8 reading fp32's memory."""
     from mvos.device.adb import resolve_device
     from mvos.device.app import APP_CSV, app_rows
     from mvos.device.plots import plot_results
@@ -108,17 +115,20 @@ def bench_command(device_spec, variants, weights, random_weights, queue_len_text
                                      num_runs, warmup_runs, op_profiling, timeout_s, resume, overwrite, no_verify,
                                      plot_path)
 
-    table = per_frame_latency(read_results(out_csv), objects=objects)
+    table = per_frame_latency(read_results(out_csv), objects=objects, mem_every=mem_every)
     table = table[table["variant"].isin(labels) & table["queue_len"].isin(queue_lens)]
     if not table.empty:
-        click.echo(f"\nper-frame latency (ms, {objects} object(s)):")
-        columns = ["variant", "precision", "delegate", "source", "queue_len", "key_encoder_ms", "value_encoder_ms",
-                   "decoder_ms", "frame_ms"]
+        click.echo(f"\nper-frame latency (ms, {objects} object(s)): frame_ms a memorised frame, clip_mean_ms the "
+                   f"mean frame memorising one in {mem_every}")
+        columns = ["variant", "precision", "memory_precision", "delegate", "source", "queue_len", "key_encoder_ms",
+                   "value_encoder_ms", "decoder_ms", "frame_ms", "clip_mean_ms"]
+        if not table["memory_precision"].any():
+            columns.remove("memory_precision")
         if table["measured_frame_ms"].notna().any():
             columns.append("measured_frame_ms")
         click.echo(table[columns].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     if plot_path is not None:
-        for path in plot_results(out_csv, plot_path, objects=objects):
+        for path in plot_results(out_csv, plot_path, objects=objects, mem_every=mem_every):
             click.echo(f"wrote {path}")
 
 
@@ -195,8 +205,9 @@ def measure(device_spec, variants, weights, random_weights, queue_len_text, use_
 @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path),
               help="PNG of latency vs queue length; the per-subgraph plot goes beside it (<name>_subgraphs.png).")
 @click.option("--objects", type=click.IntRange(min=1), default=1, show_default=True)
+@mem_every_option
 @click.option("--overwrite", is_flag=True, help="Replace existing plots.")
-def plot_command(results_csv: Path, out_path: Path, objects: int, overwrite: bool) -> None:
+def plot_command(results_csv: Path, out_path: Path, objects: int, mem_every: int, overwrite: bool) -> None:
     """Latency vs memory queue length per variant (paper Figure 4) and per-subgraph stacked latency."""
     from mvos.device.plots import plot_results
     from mvos.runtime.io import check_output
@@ -204,5 +215,5 @@ def plot_command(results_csv: Path, out_path: Path, objects: int, overwrite: boo
     for path in plot_outputs(out_path):
         check_output(path, inputs=(results_csv,), overwrite=overwrite)
 
-    for path in plot_results(results_csv, out_path, objects=objects):
+    for path in plot_results(results_csv, out_path, objects=objects, mem_every=mem_every):
         click.echo(f"wrote {path}")

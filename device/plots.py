@@ -13,6 +13,7 @@ from mvos.device.results import APP_SOURCE, per_frame_latency, read_results
 from mvos.runtime.errors import MvosError
 from mvos.runtime.io import atomic_path
 from mvos.runtime.manifest import SUBGRAPHS
+from mvos.runtime.settings import DEFAULT
 
 REALTIME_MS = 1000.0 / 30.0
 SUBGRAPH_LABELS = {"key_encoder": "key encoder", "value_encoder": "value encoder", "decoder": "decoder"}
@@ -21,7 +22,8 @@ SUBGRAPH_COLORS = {"key_encoder": "#4c72b0", "value_encoder": "#dd8452", "decode
 
 def _series_label(row) -> str:
     app = ", app" if row.get("source") == APP_SOURCE else ""
-    return f"{row['variant']} ({row['precision']}, {str(row['delegate']).upper()}{app})"
+    memory = f", {row['memory_precision']} memory" if row.get("memory_precision") else ""
+    return f"{row['variant']} ({row['precision']}{memory}, {str(row['delegate']).upper()}{app})"
 
 
 def _device_title(frame: pd.DataFrame, device: str) -> str:
@@ -41,7 +43,8 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def plot_latency(frames: pd.DataFrame, out: Path) -> Path:
-    """Latency per frame vs queue length T, one line per variant/precision/delegate, one panel per device."""
+    """Latency per frame vs queue length T, one colour per variant/precision/delegate, one panel per device:
+    a memorised frame (solid) and a clip's mean frame (dashed)."""
     devices = list(dict.fromkeys(frames["device"]))
     fig = Figure(figsize=(6.4 * len(devices), 4.6), layout="constrained")
     axes = fig.subplots(1, len(devices), squeeze=False)[0]
@@ -50,6 +53,8 @@ def plot_latency(frames: pd.DataFrame, out: Path) -> Path:
         for label, series in sub.groupby(sub.apply(_series_label, axis=1), sort=True):
             series = series.sort_values("queue_len")
             line, = ax.plot(series["queue_len"], series["frame_ms"], marker="o", linewidth=1.8, label=label)
+            ax.plot(series["queue_len"], series["clip_mean_ms"], marker=".", linewidth=1.2, linestyle="--",
+                    color=line.get_color())
             whole = series.dropna(subset=["measured_frame_ms"])
             if not whole.empty:  # the app's camera-to-overlay time, beside the sum of its graphs
                 ax.plot(whole["queue_len"], whole["measured_frame_ms"], marker="x", markersize=9, linestyle="none",
@@ -58,19 +63,21 @@ def plot_latency(frames: pd.DataFrame, out: Path) -> Path:
         ax.set_title(_device_title(sub, device))
         ax.set_xlabel("memory queue length T (frames)")
         ax.set_ylabel("latency per frame (ms)")
-        top = max(REALTIME_MS, sub[["frame_ms", "measured_frame_ms"]].max().max())
+        top = max(REALTIME_MS, sub[["frame_ms", "clip_mean_ms", "measured_frame_ms"]].max().max())
         ax.set_ylim(bottom=0, top=top * 1.15)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small", loc="best")
-    objects = int(frames["objects"].iloc[0])
-    fig.suptitle(f"Per-frame latency (key + value encoder + decoder, {objects} object{'s' * (objects > 1)})")
+    objects, every = int(frames["objects"].iloc[0]), int(frames["mem_every"].iloc[0])
+    fig.suptitle(f"Per-frame latency, {objects} object{'s' * (objects > 1)}: a memorised frame (key + value "
+                 f"encoder + decoder, solid)\nand the clip's mean frame, one in {every} memorised (dashed)")
     return _save(fig, out)
 
 
 def plot_subgraphs(frames: pd.DataFrame, out: Path) -> Path:
     """Stacked per-subgraph latency over T, one panel per device and variant/precision/delegate."""
-    panels = list(frames.groupby(["device", "variant", "precision", "delegate", "source"], sort=True))
+    panels = list(frames.groupby(["device", "variant", "precision", "memory_precision", "delegate", "source"],
+                                 sort=True))
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
     fig = Figure(figsize=(5.2 * cols, 4.2 * rows), layout="constrained")
@@ -93,7 +100,7 @@ def plot_subgraphs(frames: pd.DataFrame, out: Path) -> Path:
         ax.legend(fontsize="small", loc="best")
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle("Latency per subgraph")
+    fig.suptitle("Latency per subgraph, a memorised frame")
     return _save(fig, out)
 
 
@@ -111,10 +118,10 @@ def plot_paths(out: Path) -> list[Path]:
     return [out, subgraph_plot_path(out)]
 
 
-def plot_results(csv: Path, out: Path, objects: int = 1) -> list[Path]:
+def plot_results(csv: Path, out: Path, objects: int = 1, mem_every: int = DEFAULT.mem_every) -> list[Path]:
     """Both figures for a results CSV (see `plot_paths`)."""
     out = plot_paths(out)[0]
-    frames = per_frame_latency(read_results(csv), objects=objects)
+    frames = per_frame_latency(read_results(csv), objects=objects, mem_every=mem_every)
     if frames.empty:
         raise MvosError(
             f"{csv} has no complete point to plot (each needs key_encoder and value_encoder rows and a decoder row)"

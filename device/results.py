@@ -14,6 +14,8 @@ import pandas as pd
 from mvos.runtime.errors import MvosError
 from mvos.runtime.io import atomic_path, require_file
 from mvos.runtime.manifest import ENCODERS, SUBGRAPHS
+from mvos.runtime.memory import check_mem_every
+from mvos.runtime.settings import DEFAULT, PRECISIONS, memory_engines
 
 KEY_COLUMNS = ("device", "variant", "precision", "delegate", "queue_len", "subgraph", "source")
 # Results written before `source` existed were all measured by benchmark_model (or the host tool).
@@ -76,33 +78,64 @@ def finished_points(path: Path) -> set[tuple]:
     return {point_key(row) for row in df[list(KEY_COLUMNS)].to_dict("records")}
 
 
-def per_frame_latency(df: pd.DataFrame, objects: int = 1) -> pd.DataFrame:
-    """Per-frame latency for each decoder queue length:
-    key encoder + value encoder + decoder, plus the value encoder once more per extra object.
+def per_frame_latency(df: pd.DataFrame, objects: int = 1, mem_every: int = DEFAULT.mem_every) -> pd.DataFrame:
+    """Per-frame latency for each decoder queue length, from the graphs' times (`avg_us` of the newest row per
+    point; encoder rows are matched regardless of T), in ms:
 
-    Uses `avg_us` (steady-state average) of the newest row per point; encoder rows are matched
-    regardless of T. Points without both encoders are left out. Times are returned in ms. Where the app
-    also timed its whole frame (camera image to overlay), that is `measured_frame_ms`."""
+    - `frame_ms`, a memorised frame (the one the objects are given on, then one in `mem_every`): key encoder +
+      value encoder once per object + decoder; `key_encoder_ms`.. are that frame's;
+    - `clip_mean_ms`, the mean frame of a clip that memorises one frame in `mem_every`: the other frames run no
+      value encoder.
+
+    Each less exact precision measured beside the most exact one also gets a row with that `memory_precision`
+    (`runtime.settings.memory_engines`, as `--memory-precision` runs it): its memorised frames through the more
+    exact encoders, the others through its own key encoder, every frame through its own decoder.
+    Points without both encoders are left out. Where the app also timed its whole frame (camera image to
+    overlay), that is `measured_frame_ms`."""
     if objects < 1:
         raise MvosError(f"objects must be at least 1, got {objects}")
+    check_mem_every(mem_every)
+    columns = [*_GROUP, "memory_precision", "queue_len", "objects", "mem_every",
+               *(f"{s}_ms" for s in SUBGRAPHS), "frame_ms", "clip_mean_ms", "measured_frame_ms"]
     latest = df.drop_duplicates(list(KEY_COLUMNS), keep="last")
     enc = latest[latest["subgraph"].isin(ENCODERS)].drop_duplicates(_GROUP + ["subgraph"], keep="last")
     enc = enc.pivot(index=_GROUP, columns="subgraph", values="avg_us").reset_index()
     dec = latest[latest["subgraph"] == "decoder"]
     if dec.empty or not set(ENCODERS) <= set(enc.columns):
-        return pd.DataFrame(columns=[*_GROUP, "queue_len", *(f"{s}_ms" for s in SUBGRAPHS), "frame_ms",
-                                     "measured_frame_ms"])
+        return pd.DataFrame(columns=columns)
     extra = [c for c in ("device_model",) if c in dec.columns]
     out = dec[_GROUP + ["queue_len", "avg_us"] + extra].merge(enc, on=_GROUP, how="inner")
     out = out.dropna(subset=["avg_us", *ENCODERS])
     out = out.rename(columns={"avg_us": "decoder"})
+    out["memory_precision"] = ""  # the precision's own encoders
+    out["own_key_encoder"] = out["key_encoder"]  # on the frames not memorised
+    mixed = _memory_precision_rows(out)
+    if not mixed.empty:
+        out = pd.concat([out, mixed], ignore_index=True)
     for name in SUBGRAPHS:
         out[f"{name}_ms"] = out[name] / 1000.0
-    out["frame_ms"] = out["key_encoder_ms"] + objects * out["value_encoder_ms"] + out["decoder_ms"]
-    out["objects"] = objects
-    whole = latest[latest["subgraph"] == WHOLE_FRAME][[*_GROUP, "queue_len", "avg_us"]]
-    out = out.merge(whole.rename(columns={"avg_us": "measured_frame_us"}), on=[*_GROUP, "queue_len"], how="left")
+    value_ms = objects * out["value_encoder_ms"]
+    out["frame_ms"] = out["key_encoder_ms"] + value_ms + out["decoder_ms"]
+    out["clip_mean_ms"] = ((mem_every - 1) * out["own_key_encoder"] / 1000.0 + out["key_encoder_ms"] + value_ms) \
+        / mem_every + out["decoder_ms"]
+    out["objects"], out["mem_every"] = objects, mem_every
+    whole = latest[latest["subgraph"] == WHOLE_FRAME][[*_GROUP, "queue_len", "avg_us"]].assign(memory_precision="")
+    out = out.merge(whole.rename(columns={"avg_us": "measured_frame_us"}), on=[*_GROUP, "queue_len",
+                                                                               "memory_precision"], how="left")
     out["measured_frame_ms"] = out["measured_frame_us"] / 1000.0
-    cols = [*_GROUP, *extra, "queue_len", "objects", "key_encoder_ms", "value_encoder_ms", "decoder_ms", "frame_ms",
-            "measured_frame_ms"]
-    return out[cols].sort_values([*_GROUP, "queue_len"]).reset_index(drop=True)
+    columns[len(_GROUP) + 1:len(_GROUP) + 1] = extra
+    return out[columns].sort_values([*_GROUP, "memory_precision", "queue_len"]).reset_index(drop=True)
+
+
+def _memory_precision_rows(graphs: pd.DataFrame) -> pd.DataFrame:
+    """For each point with several precisions, each less exact one reading a memory its most exact one's encoders
+    make: that one's encoder times with the own key encoder's (frames not memorised) and decoder's."""
+    rows = []
+    for _, point in graphs.groupby(["device", "variant", "delegate", "source", "queue_len"], sort=False):
+        by_precision = {row["precision"]: row for row in point.to_dict("records")}
+        measured = [p for p in PRECISIONS if p in by_precision]
+        for precision, memory in memory_engines(measured)[len(measured):]:
+            exact = by_precision[memory]
+            rows.append({**by_precision[precision], "memory_precision": memory,
+                         **{graph: exact[graph] for graph in ENCODERS}})
+    return pd.DataFrame(rows, columns=graphs.columns)

@@ -27,7 +27,7 @@ def test_host_bench_exports_measures_resumes_and_plots(capsys, no_user_config, t
     assert sorted(zip(rows["subgraph"], rows["queue_len"])) == [
         ("decoder", 1), ("decoder", 2), ("key_encoder", 0), ("value_encoder", 0)]
     assert (rows["avg_us"] > 0).all() and set(rows["delegate"]) == {"cpu"}
-    assert "frame_ms" in first.out  # the per-frame latency table
+    assert "frame_ms" in first.out and "clip_mean_ms" in first.out  # the per-frame latency table
     assert (tmp_path / "fig.png").stat().st_size > 10_000 and (tmp_path / "fig_subgraphs.png").is_file()
 
     again = run_mvos(capsys, "bench", "--device", "host", *SMALL, "--model-dir", models, "--out", results,

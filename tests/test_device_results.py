@@ -22,8 +22,9 @@ from mvos.device.runner import BenchPoint, SweepSettings, run_points
 from mvos.runtime.errors import MvosError
 
 
-def row(subgraph, T, avg_us, variant="mvos-lite", device="R5CT", delegate="gpu", source="benchmark_model", **extra):
-    return {"device": device, "variant": variant, "precision": "fp16", "delegate": delegate, "queue_len": T,
+def row(subgraph, T, avg_us, variant="mvos-lite", device="R5CT", delegate="gpu", source="benchmark_model",
+        precision="fp16", **extra):
+    return {"device": device, "variant": variant, "precision": precision, "delegate": delegate, "queue_len": T,
             "subgraph": subgraph, "source": source, "avg_us": avg_us, **extra}
 
 
@@ -93,10 +94,33 @@ def test_per_frame_latency_rule():
     assert frames["variant"].tolist() == ["mvos-lite", "mvos-lite"]
     assert frames["queue_len"].tolist() == [1, 4]
     assert frames["frame_ms"].tolist() == pytest.approx([4 + 3 + 2, 4 + 3 + 6])
-    two = per_frame_latency(pd.DataFrame(rows), objects=2)  # the value encoder runs once per object
+    # one frame in ten memorised (the default): the value encoder's 3 ms spread over ten frames
+    assert frames["clip_mean_ms"].tolist() == pytest.approx([4 + 0.3 + 2, 4 + 0.3 + 6])
+    two = per_frame_latency(pd.DataFrame(rows), objects=2, mem_every=4)  # the value encoder runs once per object
     assert two["frame_ms"].tolist() == pytest.approx([4 + 2 * 3 + 2, 4 + 2 * 3 + 6])
+    assert two["clip_mean_ms"].tolist() == pytest.approx([4 + 2 * 3 / 4 + 2, 4 + 2 * 3 / 4 + 6])
+    assert set(frames["memory_precision"]) == {""}  # one precision: nothing to read another's memory
     with pytest.raises(MvosError):
         per_frame_latency(pd.DataFrame(rows), objects=0)
+    with pytest.raises(MvosError, match="mem_every"):
+        per_frame_latency(pd.DataFrame(rows), mem_every=0)
+
+
+def test_per_frame_latency_of_int8_reading_fp32s_memory():
+    """Measured fp32 and int8 graphs also give int8 with the fp32 memory encoders (`--memory-precision fp32`): a
+    memorised frame runs fp32's encoders and int8's decoder; the other frames int8's key encoder and decoder."""
+    rows = (sweep_rows("m", 30000.0, 40000.0, {2: 50000.0}, delegate="cpu", precision="fp32")
+            + sweep_rows("m", 10000.0, 12000.0, {2: 20000.0}, delegate="cpu", precision="int8")
+            + sweep_rows("other", 1.0, 1.0, {2: 1.0}, delegate="cpu", precision="int8"))  # no fp32: no mixed row
+    frames = per_frame_latency(pd.DataFrame(rows), mem_every=5)
+    by = {(r["variant"], r["precision"], r["memory_precision"]): r for r in frames.to_dict("records")}
+    assert set(by) == {("m", "fp32", ""), ("m", "int8", ""), ("m", "int8", "fp32"), ("other", "int8", "")}
+    mixed = by[("m", "int8", "fp32")]
+    assert (mixed["key_encoder_ms"], mixed["value_encoder_ms"], mixed["decoder_ms"]) == (30, 40, 20)
+    assert mixed["frame_ms"] == pytest.approx(30 + 40 + 20)
+    assert mixed["clip_mean_ms"] == pytest.approx((4 * 10 + 30 + 40) / 5 + 20)
+    assert by[("m", "int8", "")]["clip_mean_ms"] == pytest.approx(10 + 12 / 5 + 20)
+    assert by[("m", "fp32", "")]["clip_mean_ms"] == pytest.approx(30 + 40 / 5 + 50)
 
 
 def _assert_png(path: Path) -> None:
@@ -116,6 +140,9 @@ def test_plots_from_a_csv(tmp_path):
                       device_model="SM-S901B")
     rows += sweep_rows("mvos-small", 14000.0, 9000.0, {T: 6000.0 + 1500.0 * T for T in (1, 2, 4, 8, 12, 16, 20)},
                        device_model="SM-S901B")
+    # int8 beside fp16: also plotted as int8 reading fp16's memory
+    rows += sweep_rows("mvos-lite", 4000.0, 2500.0, {T: 2000.0 + 400.0 * T for T in (1, 2, 4, 8, 12, 16, 20)},
+                       precision="int8", device_model="SM-S901B")
     append_rows(csv, rows)
     latency, stacked = plot_results(csv, tmp_path / "fig.png")
     assert latency == tmp_path / "fig.png" and stacked == tmp_path / "fig_subgraphs.png"
