@@ -17,9 +17,12 @@ from mvos.runtime.manifest import ENCODERS, SUBGRAPHS
 from mvos.runtime.memory import check_mem_every
 from mvos.runtime.settings import DEFAULT, PRECISIONS, memory_engines
 
-KEY_COLUMNS = ("device", "variant", "precision", "delegate", "queue_len", "subgraph", "source")
+KEY_COLUMNS = ("device", "variant", "precision", "delegate", "queue_len", "subgraph", "source", "memory_precision")
 # Results written before `source` existed were all measured by benchmark_model (or the host tool).
 LEGACY_SOURCE = "benchmark_model"
+# Empty but for the app's whole frame when it ran with `--memory-precision` (each graph's row is that graph's
+# precision); absent from rows written before it existed and from the graph sweeps.
+OWN_MEMORY = ""
 APP_SOURCE = "app"
 # The app's row for its whole frame: pre-processing, the graphs (once per object) and the overlay.
 WHOLE_FRAME = "frame"
@@ -47,6 +50,7 @@ def parse_results(source, origin: str) -> pd.DataFrame:
         raise MvosError(f"{origin} is not a results CSV: {str(exc).splitlines()[0]}") from None
     if "source" not in df.columns:
         df["source"] = LEGACY_SOURCE
+    df = _own_memory_by_default(df)
     missing = [c for c in KEY_COLUMNS if c not in df.columns]
     if missing:
         raise MvosError(f"{origin} is not a results CSV: missing column(s) {', '.join(missing)}")
@@ -57,10 +61,16 @@ def parse_results(source, origin: str) -> pd.DataFrame:
     return df
 
 
+def _own_memory_by_default(df: pd.DataFrame) -> pd.DataFrame:
+    """`memory_precision` filled in where a row has none (CSV readers give empty fields as NaN)."""
+    own = df["memory_precision"].fillna(OWN_MEMORY) if "memory_precision" in df.columns else OWN_MEMORY
+    return df.assign(memory_precision=own)
+
+
 def append_rows(path: Path, rows: list[dict]) -> None:
     """Append `rows` to the CSV: read what is there, concatenate, write a temporary file, replace."""
     path = Path(path)
-    new = pd.DataFrame(rows)
+    new = _own_memory_by_default(pd.DataFrame(rows))
     missing = [c for c in KEY_COLUMNS if c not in new.columns]
     if missing:
         raise MvosError(f"result rows lack the key column(s) {', '.join(missing)}")
@@ -87,31 +97,42 @@ def per_frame_latency(df: pd.DataFrame, objects: int = 1, mem_every: int = DEFAU
     - `clip_mean_ms`, the mean frame of a clip that memorises one frame in `mem_every`: the other frames run no
       value encoder.
 
-    Each less exact precision measured beside the most exact one also gets a row with that `memory_precision`
-    (`runtime.settings.memory_engines`, as `--memory-precision` runs it): its memorised frames through the more
-    exact encoders, the others through its own key encoder, every frame through its own decoder.
-    Points without both encoders are left out. Where the app also timed its whole frame (camera image to
-    overlay), that is `measured_frame_ms`."""
+    A less exact precision measured beside a more exact one's encoders also gets a row with that
+    `memory_precision` (`runtime.settings.memory_engines`, as `--memory-precision` runs it): its memorised frames
+    through the more exact encoders, the others through its own key encoder, every frame through its own decoder.
+    Points without their graphs' times are left out. Where the app also timed its whole frame (camera image to
+    overlay, the mean over its frames), that is `measured_frame_ms`."""
     if objects < 1:
         raise MvosError(f"objects must be at least 1, got {objects}")
     check_mem_every(mem_every)
+    point = ["device", "variant", "delegate", "source"]
     columns = [*_GROUP, "memory_precision", "queue_len", "objects", "mem_every",
                *(f"{s}_ms" for s in SUBGRAPHS), "frame_ms", "clip_mean_ms", "measured_frame_ms"]
-    latest = df.drop_duplicates(list(KEY_COLUMNS), keep="last")
-    enc = latest[latest["subgraph"].isin(ENCODERS)].drop_duplicates(_GROUP + ["subgraph"], keep="last")
-    enc = enc.pivot(index=_GROUP, columns="subgraph", values="avg_us").reset_index()
-    dec = latest[latest["subgraph"] == "decoder"]
-    if dec.empty or not set(ENCODERS) <= set(enc.columns):
+    latest = _own_memory_by_default(df).drop_duplicates(list(KEY_COLUMNS), keep="last")
+    graphs = latest[latest["subgraph"].isin(ENCODERS) & latest["avg_us"].notna()]
+    graphs = graphs.drop_duplicates(_GROUP + ["subgraph"], keep="last")
+    encoder_us = {(*(r[c] for c in point), r["precision"], r["subgraph"]): r["avg_us"] for r in graphs.to_dict("records")}
+    measured = {}  # per point, the precisions with any encoder time
+    for (*where, precision, _), _ in encoder_us.items():
+        measured.setdefault(tuple(where), set()).add(precision)
+    decoders = latest[(latest["subgraph"] == "decoder") & latest["avg_us"].notna()]
+    extra = [c for c in ("device_model",) if c in decoders.columns]
+    rows = []
+    for decoder in decoders.to_dict("records"):
+        where, precision = tuple(decoder[c] for c in point), decoder["precision"]
+        exported = [p for p in PRECISIONS if p in measured.get(where, ())]
+        engines = [(precision, None)] + [pair for pair in memory_engines(exported)[len(exported):]
+                                         if pair[0] == precision]
+        for own, memory in engines:
+            times = {"own_key_encoder": encoder_us.get((*where, own, "key_encoder")),
+                     **{graph: encoder_us.get((*where, memory or own, graph)) for graph in ENCODERS}}
+            if any(t is None for t in times.values()):
+                continue
+            rows.append({**{c: decoder[c] for c in [*_GROUP, "queue_len", *extra]},
+                         "memory_precision": memory or OWN_MEMORY, "decoder": decoder["avg_us"], **times})
+    if not rows:
         return pd.DataFrame(columns=columns)
-    extra = [c for c in ("device_model",) if c in dec.columns]
-    out = dec[_GROUP + ["queue_len", "avg_us"] + extra].merge(enc, on=_GROUP, how="inner")
-    out = out.dropna(subset=["avg_us", *ENCODERS])
-    out = out.rename(columns={"avg_us": "decoder"})
-    out["memory_precision"] = ""  # the precision's own encoders
-    out["own_key_encoder"] = out["key_encoder"]  # on the frames not memorised
-    mixed = _memory_precision_rows(out)
-    if not mixed.empty:
-        out = pd.concat([out, mixed], ignore_index=True)
+    out = pd.DataFrame(rows)
     for name in SUBGRAPHS:
         out[f"{name}_ms"] = out[name] / 1000.0
     value_ms = objects * out["value_encoder_ms"]
@@ -119,23 +140,9 @@ def per_frame_latency(df: pd.DataFrame, objects: int = 1, mem_every: int = DEFAU
     out["clip_mean_ms"] = ((mem_every - 1) * out["own_key_encoder"] / 1000.0 + out["key_encoder_ms"] + value_ms) \
         / mem_every + out["decoder_ms"]
     out["objects"], out["mem_every"] = objects, mem_every
-    whole = latest[latest["subgraph"] == WHOLE_FRAME][[*_GROUP, "queue_len", "avg_us"]].assign(memory_precision="")
-    out = out.merge(whole.rename(columns={"avg_us": "measured_frame_us"}), on=[*_GROUP, "queue_len",
-                                                                               "memory_precision"], how="left")
+    whole = latest[latest["subgraph"] == WHOLE_FRAME][[*_GROUP, "memory_precision", "queue_len", "avg_us"]]
+    out = out.merge(whole.rename(columns={"avg_us": "measured_frame_us"}),
+                    on=[*_GROUP, "memory_precision", "queue_len"], how="left")
     out["measured_frame_ms"] = out["measured_frame_us"] / 1000.0
     columns[len(_GROUP) + 1:len(_GROUP) + 1] = extra
     return out[columns].sort_values([*_GROUP, "memory_precision", "queue_len"]).reset_index(drop=True)
-
-
-def _memory_precision_rows(graphs: pd.DataFrame) -> pd.DataFrame:
-    """For each point with several precisions, each less exact one reading a memory its most exact one's encoders
-    make: that one's encoder times with the own key encoder's (frames not memorised) and decoder's."""
-    rows = []
-    for _, point in graphs.groupby(["device", "variant", "delegate", "source", "queue_len"], sort=False):
-        by_precision = {row["precision"]: row for row in point.to_dict("records")}
-        measured = [p for p in PRECISIONS if p in by_precision]
-        for precision, memory in memory_engines(measured)[len(measured):]:
-            exact = by_precision[memory]
-            rows.append({**by_precision[precision], "memory_precision": memory,
-                         **{graph: exact[graph] for graph in ENCODERS}})
-    return pd.DataFrame(rows, columns=graphs.columns)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from mvos.device.adb import Device, DeviceFacts, HostDevice
 from mvos.device.benchmark_log import BenchmarkLog, parse_benchmark_log, tail
-from mvos.device.results import append_rows, finished_points, point_key
+from mvos.device.results import OWN_MEMORY, append_rows, finished_points, point_key
 from mvos.runtime.errors import MvosError
 
 ENV_BINARY = "MVOS_BENCHMARK_MODEL"
@@ -311,7 +311,8 @@ def run_points(
 
 def _key_columns(facts: DeviceFacts, settings: SweepSettings, p: BenchPoint, source: str) -> dict[str, object]:
     return {"device": facts.device_id, "variant": p.variant, "precision": p.precision,
-            "delegate": settings.delegate, "queue_len": int(p.queue_len), "subgraph": p.subgraph, "source": source}
+            "delegate": settings.delegate, "queue_len": int(p.queue_len), "subgraph": p.subgraph, "source": source,
+            "memory_precision": OWN_MEMORY}  # one graph, whose precision is the row's
 
 
 def _key(facts: DeviceFacts, settings: SweepSettings, p: BenchPoint, source: str) -> tuple:

@@ -140,3 +140,33 @@ def test_bench_pulls_the_apps_benchmark_csv_beside_benchmark_model(capsys, no_us
     mixed = run_mvos(capsys, "bench", "--device", sim.address, "--app", "--model-dir", tmp_path, "--out",
                      tmp_path / "x.csv")
     assert mixed.code == 2 and "--app" in mixed.err
+
+
+APP_MEMORY_FIXTURE = Path(__file__).parent / "data" / "app_benchmark_memory_precision.csv"  # ditto, int8 + fp32 memory
+
+
+def test_bench_pulls_the_apps_run_with_an_fp32_memory(capsys, no_user_config, adbsim_phones, tmp_path):
+    """The app run as int8 with fp32 memory encoders: each graph is a row of its own precision, and the table
+    composes that engine (fp32 encoders on memorised frames, int8 key encoder on the others, int8 decoder) beside
+    the whole frame the app measured. No int8 value encoder ran, so there is no plain int8 frame to compose."""
+    from mvos.device.app import APP_CSV
+
+    sim = adbsim_phones("s22")
+    on_phone = sim.local_path(APP_CSV)
+    on_phone.parent.mkdir(parents=True)
+    shutil.copyfile(APP_MEMORY_FIXTURE, on_phone)
+    results = tmp_path / "results.csv"
+    pulled = run_mvos(capsys, "bench", "--device", sim.address, "--app", "--out", results, "--objects", "2",
+                      "--mem-every", "5", "--plot", tmp_path / "fig.png")
+    assert pulled.code == 0, pulled.err
+    rows = pd.read_csv(results, keep_default_na=False)
+    assert sorted(zip(rows["precision"], rows["subgraph"], rows["memory_precision"])) == [
+        ("fp32", "key_encoder", ""), ("fp32", "value_encoder", ""), ("int8", "decoder", ""),
+        ("int8", "frame", "fp32"), ("int8", "key_encoder", "")]
+    table = pulled.out[pulled.out.index("per-frame latency"):].splitlines()
+    assert table[3].startswith("wrote")  # the title, the header, one row, then the plots
+    assert table[1].split()[:3] == ["variant", "precision", "memory_precision"]
+    # memorised frame 25 + 2 x 30 + 18 = 103 ms; clip mean (4 x 11.5 + 25 + 2 x 30) / 5 + 18 = 44.2 ms;
+    # the app's own mean frame 48.4 ms
+    assert table[2].split()[1:3] == ["int8", "fp32"] and table[2].split()[-3:] == ["103.00", "44.20", "48.40"]
+    assert (tmp_path / "fig.png").stat().st_size > 10_000

@@ -43,8 +43,8 @@ def test_append_read_and_finished_points(tmp_path):
     assert list(df["subgraph"]) == ["key_encoder", "decoder"]
     assert df["std_us"].isna().tolist() == [True, False]
     assert finished_points(csv) == {
-        ("R5CT", "mvos-lite", "fp16", "gpu", 0, "key_encoder", "benchmark_model"),
-        ("R5CT", "mvos-lite", "fp16", "gpu", 4, "decoder", "benchmark_model"),
+        ("R5CT", "mvos-lite", "fp16", "gpu", 0, "key_encoder", "benchmark_model", ""),
+        ("R5CT", "mvos-lite", "fp16", "gpu", 4, "decoder", "benchmark_model", ""),
     }
     assert list(tmp_path.joinpath("out").iterdir()) == [csv]  # no temporary file left behind
 
@@ -83,7 +83,7 @@ def test_results_from_before_the_source_column_read_as_benchmark_model(tmp_path)
     old = tmp_path / "old.csv"
     old.write_text("device,variant,precision,delegate,queue_len,subgraph,avg_us\nd,v,fp16,gpu,0,key_encoder,5.0\n")
     assert read_results(old)["source"].tolist() == ["benchmark_model"]
-    assert finished_points(old) == {("d", "v", "fp16", "gpu", 0, "key_encoder", "benchmark_model")}
+    assert finished_points(old) == {("d", "v", "fp16", "gpu", 0, "key_encoder", "benchmark_model", "")}
 
 
 def test_per_frame_latency_rule():

@@ -180,7 +180,7 @@ class MainActivity : AppCompatActivity() {
             benchmarkTarget = benchmarkRequested
             benchmarkRequested = 0
             recorder = BenchmarkRecorder(Build.DEVICE, Build.MODEL, graphs.manifest.variant, graphs.precision,
-                graphs.delegate, engine!!.queueLen, graphs.threads, "${w}x$h")
+                graphs.delegate, engine!!.queueLen, graphs.threads, "${w}x$h", memoryGraphs?.precision)
         }
         val recorder = recorder ?: return null
         if (!prompted) recorder.add(result, frameMillis)
@@ -218,7 +218,10 @@ class MainActivity : AppCompatActivity() {
 
     private fun statsText(result: FrameResult): String {
         val graphs = graphs!!
-        val perGraph = Manifest.SUBGRAPHS.joinToString(" ") { "%s %.1f".format(SHORT.getValue(it), result.millis[it] ?: 0.0) }
+        // a memorised frame's encoders may be the memory's (timed under their own names)
+        val perGraph = Manifest.SUBGRAPHS.joinToString(" ") {
+            "%s %.1f".format(SHORT.getValue(it), result.millis[it] ?: result.millis[MemoryEncoders.timing(it)] ?: 0.0)
+        }
         return "%s %s %s T=%d\n%.1f fps  frame %.1f ms\n%s ms".format(graphs.manifest.variant, graphs.precision,
             graphs.delegate.uppercase(), engine!!.queueLen, 1000.0 / frameMillisAverage, frameMillisAverage, perGraph)
     }

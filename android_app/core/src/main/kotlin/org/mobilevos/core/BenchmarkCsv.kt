@@ -19,6 +19,7 @@ class BenchmarkRecorder(
     private val queueLen: Int,
     private val threads: Int,
     private val cameraSize: String, // e.g. 1280x720
+    private val memoryPrecision: String? = null, // the memory encoders' precision, when the engine has them
 ) {
     private val samples = LinkedHashMap<String, MutableList<Double>>() // subgraph -> milliseconds per frame
     private var objects = 0
@@ -29,7 +30,7 @@ class BenchmarkRecorder(
     fun add(result: FrameResult, frameMillis: Double) {
         objects = maxOf(objects, result.probs.size - 1)
         for ((name, ms) in result.millis) {
-            val perCall = if (name == "value_encoder") ms / maxOf(1, result.probs.size - 1) else ms
+            val perCall = if (MemoryEncoders.timedGraph(name).first == "value_encoder") ms / maxOf(1, result.probs.size - 1) else ms
             samples.getOrPut(name) { ArrayList() }.add(perCall)
         }
         samples.getOrPut("frame") { ArrayList() }.add(frameMillis)
@@ -37,12 +38,16 @@ class BenchmarkRecorder(
 
     fun rows(measuredAt: String = OffsetDateTime.now().format(DateTimeFormatter.ISO_OFFSET_DATE_TIME)):
         List<Map<String, String>> {
-        return samples.map { (subgraph, ms) ->
+        return samples.map { (name, ms) ->
             val us = ms.map { it * 1000 }.sorted()
             val mean = us.average()
             val std = kotlin.math.sqrt(us.sumOf { (it - mean) * (it - mean) } / us.size)
+            // each graph's row is its own precision's; the whole frame is the engine's, memory encoders included
+            val (subgraph, memory) = MemoryEncoders.timedGraph(name)
             mapOf(
-                "device" to device, "variant" to variant, "precision" to precision, "delegate" to delegate,
+                "device" to device, "variant" to variant, "delegate" to delegate,
+                "precision" to (if (memory) requireNotNull(memoryPrecision) { "$name timed without a memory precision" } else precision),
+                "memory_precision" to (if (subgraph == "frame") memoryPrecision ?: "" else ""),
                 "queue_len" to (if (subgraph in Manifest.ENCODERS) 0 else queueLen).toString(),
                 "subgraph" to subgraph, "source" to "app", "avg_us" to fmt(mean), "std_us" to fmt(std),
                 "min_us" to fmt(us.first()), "max_us" to fmt(us.last()), "median_us" to fmt(percentile(us, 0.5)),
@@ -71,7 +76,7 @@ class BenchmarkRecorder(
     companion object {
         val COLUMNS = listOf("device", "variant", "precision", "delegate", "queue_len", "subgraph", "source", "avg_us",
             "std_us", "min_us", "max_us", "median_us", "p95_us", "runs", "threads", "objects", "camera_size",
-            "device_model", "measured_at")
+            "device_model", "measured_at", "memory_precision")
 
         private fun fmt(v: Double) = "%.1f".format(java.util.Locale.ROOT, v)
 

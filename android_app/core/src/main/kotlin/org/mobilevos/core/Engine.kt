@@ -59,8 +59,11 @@ class Engine(
         // Known before the frame is decoded, as in the Python engine: a given mask starts the memory, else its
         // interval decides.
         val memorise = mask != null || memory?.wants(frameIndex) == true
-        val keys = if (memorise && memoryEncoders != null) memoryEncoders.keyEncoder else keyEncoder
-        val features = timed(millis, "key_encoder") { keys.run(mapOf("frame" to frame)) }
+        val features = if (memorise && memoryEncoders != null) {
+            timed(millis, MemoryEncoders.timing("key_encoder")) { memoryEncoders.keyEncoder.run(mapOf("frame" to frame)) }
+        } else {
+            timed(millis, "key_encoder") { keyEncoder.run(mapOf("frame" to frame)) }
+        }
 
         var objectProbs = predict(features, millis)
         if (mask != null) {
@@ -115,8 +118,9 @@ class Engine(
         val cv = manifest.valueDim
         var stacked: Tensor? = null // h x w x n*Cv: object o on channels o*Cv..(o+1)*Cv
         val values = memoryEncoders?.valueEncoder ?: valueEncoder // only memorised frames get here
+        val timing = if (memoryEncoders != null) MemoryEncoders.timing("value_encoder") else "value_encoder"
         for (o in 0 until n) {
-            val value = timed(millis, "value_encoder") {
+            val value = timed(millis, timing) {
                 values.run(mapOf("f16" to features.getValue("f16"), "mask" to FloatTensor(objectProbs[o]),
                     "others" to FloatTensor(others[o])))
             }.getValue("value")
@@ -156,8 +160,16 @@ class MemoryEncoders(manifest: Manifest, precision: String, keyEncoder: Subgraph
             Int8Tensor(steps, grid.scale, grid.zeroPoint)
         }
 
-    private companion object {
-        fun int8Outputs(manifest: Manifest, precision: String, subgraph: String): Map<String, TensorSpec> =
+    companion object {
+        /** The name [FrameResult.millis] gives this encoder's time when it ran as the memory's: it is a graph of
+         * the memory precision, not the engine's own. */
+        fun timing(subgraph: String) = "memory_$subgraph"
+
+        /** The graph a [FrameResult.millis] name timed, and whether it ran as the memory's encoder. */
+        fun timedGraph(name: String): Pair<String, Boolean> =
+            if (name.startsWith("memory_")) name.removePrefix("memory_") to true else name to false
+
+        private fun int8Outputs(manifest: Manifest, precision: String, subgraph: String): Map<String, TensorSpec> =
             manifest.entry(precision, subgraph)!!.outputs.filter { it.dtype == "int8" }.associateBy { it.name }
     }
 }

@@ -32,4 +32,37 @@ class BenchmarkCsvTest {
         assertEquals("6500.0", value[header.indexOf("avg_us")])
         assertEquals("0", value[header.indexOf("queue_len")])
     }
+
+    /** With fp32 memory encoders, int8's graphs and fp32's are rows of their own precision; the whole frame is
+     *  int8's with memory_precision fp32 (tests/data/app_benchmark_memory_precision.csv). */
+    @Test
+    fun memoryEncodersAreRowsOfTheirOwnPrecision() {
+        val recorder = BenchmarkRecorder("R5CT12345", "SM-S901B", "mobilenetv2", "int8", "cpu", 2, 4, "1280x720",
+            memoryPrecision = "fp32")
+        val probs = Array(3) { FloatArray(1) } // background + 2 objects
+        for (frame in 0 until 10) { // frames 0 and 5 memorised
+            val millis = if (frame % 5 == 0) {
+                mapOf(MemoryEncoders.timing("key_encoder") to 25.0, MemoryEncoders.timing("value_encoder") to 60.0,
+                    "decoder" to 18.0)
+            } else {
+                mapOf("key_encoder" to 11.0 + frame % 2, "decoder" to 18.0)
+            }
+            recorder.add(FrameResult(probs, ByteArray(1), millis), frameMillis = if (frame % 5 == 0) 110.0 else 33.0)
+        }
+        val out = File(Files.createTempDirectory("app").toFile(), "benchmark.csv")
+        recorder.write(out, measuredAt = "2026-12-03T10:00:00Z")
+        val fixture = File(System.getProperty("mvos.repo", "../.."), "tests/data/app_benchmark_memory_precision.csv")
+        if (System.getenv("MVOS_UPDATE_FIXTURES") == "1") out.copyTo(fixture, overwrite = true)
+        assertEquals(fixture.readText(), out.readText())
+        val header = out.readLines().first().split(",")
+        val rows = out.readLines().drop(1).map { it.split(",") }.associateBy {
+            it[header.indexOf("subgraph")] to it[header.indexOf("precision")]
+        }
+        assertEquals(setOf("key_encoder" to "fp32", "value_encoder" to "fp32", "key_encoder" to "int8",
+            "decoder" to "int8", "frame" to "int8"), rows.keys)
+        assertEquals("30000.0", rows.getValue("value_encoder" to "fp32")[header.indexOf("avg_us")]) // per object
+        assertEquals("2", rows.getValue("key_encoder" to "fp32")[header.indexOf("runs")])
+        assertEquals("fp32", rows.getValue("frame" to "int8")[header.indexOf("memory_precision")])
+        assertEquals("", rows.getValue("key_encoder" to "fp32")[header.indexOf("memory_precision")])
+    }
 }
