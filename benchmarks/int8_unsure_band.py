@@ -39,6 +39,8 @@ def band_stats(expected: list[np.ndarray], got: list[np.ndarray]) -> dict:
 def main() -> None:
     parser = real_clips.parser(__doc__, "benchmarks/results/int8_unsure_band")
     parser.add_argument("--precision", default="int8")
+    parser.add_argument("--memory-precision", default=None,
+                        help="the encoders that make the memory (`mvos segment --memory-precision`; default: --precision)")
     args = parser.parse_args()
 
     import torch
@@ -50,14 +52,16 @@ def main() -> None:
 
     manifest, model = real_clips.export_and_model(args)
     settings = InferenceSettings(queue_len=args.queue_len, top_k=manifest.top_k)
-    exported = TFLiteBackend(args.model_dir, args.queue_len, threads=args.threads, precision=args.precision)
+    exported = TFLiteBackend(args.model_dir, args.queue_len, threads=args.threads, precision=args.precision,
+                             memory_precision=args.memory_precision)
     rows = []
     for clip in real_clips.clips(args):
         masks = {0: clip.mask}
         with torch.inference_mode():
             expected, memorised = reference_run(model, manifest.top_k, exported.fixed_size, settings, clip.frames, masks)
             got = one_step_run(exported, memorised, settings, clip.frames, masks)
-        row = {"clip": clip.name, "precision": args.precision, "frames": len(clip.frames), **band_stats(expected, got)}
+        row = {"clip": clip.name, "precision": args.precision, "memory_precision": exported.memory_precision,
+               "frames": len(clip.frames), **band_stats(expected, got)}
         rows.append(row)
         print(f"{row['clip']:<12} unsure band {row['band_over_area']:.3f} of the object, labelled otherwise "
               f"{row['differ_over_area']:.4f} ({row['differ_over_band']:.3f} of the band), "
