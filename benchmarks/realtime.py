@@ -165,6 +165,37 @@ def frame_rows(model_dir: Path, label: str, manifest, queue_len: int, threads: i
     return rows
 
 
+REALTIME_MS = 1000.0 / 30.0
+
+
+def target_lines(rows: list[dict], queue_len: int) -> list[str]:
+    """The issue's targets, from this run's whole frames: the fp32 frame against its floor (1.5x), every other
+    engine against fp32 (0.5x) both as a memorised frame and as a clip's mean (which frame the target means is
+    the owner's call), and each clip mean against real time (33 ms)."""
+    frames = {}
+    for r in rows:
+        if r["export"] == "now" and r["graph"].startswith(("frame (", "clip mean (")):
+            kind = "frame" if r["graph"].startswith("frame") else "clip mean"
+            frames[(r["precision"], r.get("memory_precision") or "", kind)] = r
+
+    def verdict(value: float, limit: float) -> str:
+        return f"{value:.2f} (target <= {limit}: {'met' if value <= limit else 'not met'})"
+
+    fp32 = {kind: frames.get(("fp32", "", kind)) for kind in ("frame", "clip mean")}
+    if fp32["frame"] is None:
+        return []
+    lines = [f"targets at T={queue_len}: fp32 frame / its floor {verdict(fp32['frame']['ratio'], 1.5)}"]
+    for (precision, memory, kind), r in sorted(frames.items()):
+        engine = f"{precision}, {memory} memory" if memory else precision
+        if precision != "fp32" and fp32[kind] is not None:
+            lines.append(f"  {engine:<18} {kind:<10} / fp32's: {verdict(r['ms'] / fp32[kind]['ms'], 0.5)}"
+                         f"   (its floor / fp32's: {r['floor_ms'] / fp32[kind]['floor_ms']:.2f})")
+        if kind == "clip mean":
+            lines.append(f"  {engine:<18} clip mean {r['ms']:.1f} ms: real time (<= {REALTIME_MS:.1f} ms) "
+                         f"{'met' if r['ms'] <= REALTIME_MS else 'not met'}")
+    return lines
+
+
 def prefix_graph(content: bytes, last: int) -> bytes:
     """The graph cut after op `last`: its outputs become the graph's outputs, later ops are dropped."""
     from mvos.export.graph_edit import pack, unpack
@@ -227,6 +258,7 @@ def main() -> None:
         engine = f"{r['precision']}, {memory} memory" if memory else r["precision"]
         print(f"{r['export']:<8}{engine:<20}{r['graph']:<40}{r['gmac']:>7.2f}{r['ms']:>9.1f}"
               f"{r['floor_ms']:>8.1f}{r['ratio']:>7.2f}")
+    print("\n".join(target_lines(rows, args.queue_len)))
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(args.out / "realtime.csv", [{**r, "threads": args.threads, "size": "x".join(map(str, manifest.input_size)),
                                            "fp32_gflops": round(rates["fp32"], 1), "int8_gops": round(rates["int8"], 1)}
