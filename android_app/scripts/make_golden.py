@@ -129,7 +129,8 @@ def record(export: Path, precision: str, camera: list[np.ndarray], mask: np.ndar
     calls, frame_index = [], [0]
     backend = TFLiteBackend(export, queue_len=QUEUE_LEN, precision=precision, memory_precision=memory_precision)
     for graph in ("key_encoder", "value_encoder", "decoder"):
-        setattr(backend, graph, Recorder(getattr(backend, graph), graph, calls, writer, frame_index))
+        if getattr(backend, graph) is not None:  # with memory encoders, the own value encoder is not loaded
+            setattr(backend, graph, Recorder(getattr(backend, graph), graph, calls, writer, frame_index))
     if backend.memory_encoders is not None:
         for graph in ("key_encoder", "value_encoder"):
             runner = getattr(backend.memory_encoders, graph)
