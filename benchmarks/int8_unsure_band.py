@@ -11,29 +11,7 @@ otherwise (over the object's area), and how many of those lie inside the band. W
 
 from __future__ import annotations
 
-import numpy as np
-
 import real_clips
-
-UNSURE = (0.2, 0.8)  # fp32 object probabilities the band spans
-
-
-def band_stats(expected: list[np.ndarray], got: list[np.ndarray]) -> dict:
-    """Over every frame and object of 1+N,H,W probabilities (background first): the band, the pixels labelled
-    otherwise, and the share of those inside the band, each over the reference's object pixels."""
-    area = band = differ = differ_in_band = 0
-    for ref, out in zip(expected, got):
-        a, b = ref.argmax(0), out.argmax(0)
-        for label in range(1, ref.shape[0]):
-            unsure = (ref[label] > UNSURE[0]) & (ref[label] < UNSURE[1])
-            x, y = a == label, b == label
-            flipped = x ^ y
-            area += int(x.sum())
-            band += int(unsure.sum())
-            differ += int(flipped.sum())
-            differ_in_band += int((flipped & unsure).sum())
-    return {"object_pixels": area, "band_over_area": band / max(area, 1), "differ_over_area": differ / max(area, 1),
-            "differ_in_band": differ_in_band / max(differ, 1), "differ_over_band": differ / max(band, 1)}
 
 
 def main() -> None:
@@ -45,7 +23,7 @@ def main() -> None:
 
     import torch
 
-    from mvos.export.verify import one_step_run, reference_run
+    from mvos.export.verify import band_stats, one_step_run, reference_run
     from mvos.runtime.io import write_csv
     from mvos.runtime.settings import InferenceSettings
     from mvos.runtime.tflite import TFLiteBackend

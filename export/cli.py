@@ -87,6 +87,8 @@ def report(manifest, added: set[str], out_dir: Path) -> str:
         lines.append("end to end (TFLite runtime vs fp32 PyTorch, masks; one step: from PyTorch's memory masks):")
         for c in manifest.end_to_end:
             one_step = "" if c.one_step_iou is None else f"one step {c.one_step_iou:.4f}  "
+            if c.one_step_band_flips is not None:
+                one_step += f"unsure band flipped {c.one_step_band_flips:.3f}  "
             lines.append(f"  {c.engine:<18} T={c.queue_len:<3} {c.clip:<12} mean IoU {c.mean_iou:.4f}  "
                          f"{one_step}max |prob diff| {c.max_prob_diff:.1e}  ties {c.tie_fraction:.0%}")
     for f in manifest.failures:

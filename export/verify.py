@@ -20,6 +20,7 @@ from mvos.runtime.tflite import TFLiteBackend
 FP32_MIN_IOU = 0.99  # the issue's bar for fp32 end to end
 FP32_MAX_REL_DIFF = 1e-3  # per subgraph output, relative to the output's largest magnitude
 TIE_MARGIN = 1e-3  # probability margin below which a pixel's label is a tie, left out of the IoU
+UNSURE = (0.2, 0.8)  # the reference's object probabilities its unsure band spans
 
 
 def exported_model(model_dir: Path, weights: str | None = None) -> tuple[Manifest, MobileVOS]:
@@ -127,6 +128,26 @@ def mask_agreement(expected: list[np.ndarray], got: list[np.ndarray], tie_margin
             "tie_fraction": ties / max(pixels, 1)}
 
 
+def band_stats(expected: list[np.ndarray], got: list[np.ndarray]) -> dict:
+    """Over every frame and object of 1+N,H,W probabilities (background first): the reference's unsure band
+    (object probability within `UNSURE`), the pixels labelled otherwise, and the share of those inside the band,
+    each over the reference's object pixels. `differ_over_band` measures rounding apart from how sure the
+    model is: an IoU rises when the object grows onto pixels the model is sure of, this share does not."""
+    area = band = differ = differ_in_band = 0
+    for ref, out in zip(expected, got):
+        a, b = ref.argmax(0), out.argmax(0)
+        for label in range(1, ref.shape[0]):
+            unsure = (ref[label] > UNSURE[0]) & (ref[label] < UNSURE[1])
+            x, y = a == label, b == label
+            flipped = x ^ y
+            area += int(x.sum())
+            band += int(unsure.sum())
+            differ += int(flipped.sum())
+            differ_in_band += int((flipped & unsure).sum())
+    return {"object_pixels": area, "band_over_area": band / max(area, 1), "differ_over_area": differ / max(area, 1),
+            "differ_in_band": differ_in_band / max(differ, 1), "differ_over_band": differ / max(band, 1)}
+
+
 class MaskRecorder:
     """A backend that keeps the masks and "others" of each value-encoder call (what the engine memorised), in
     float16: a long clip's full-size masks would otherwise take gigabytes (float16 holds 0..1 within 5e-4)."""
@@ -200,4 +221,5 @@ def end_to_end(model: MobileVOS, model_dir: Path, precision: str, queue_len: int
     return EndToEndCheck(precision, queue_len, **mask_agreement(expected, got), frames=len(frames),
                          objects=len(got_segmenter.object_ids), clip=name,
                          one_step_iou=mask_agreement(expected, one_step)["mean_iou"],
+                         one_step_band_flips=band_stats(expected, one_step)["differ_over_band"],
                          memory_precision=None if memory_precision in (None, precision) else memory_precision)

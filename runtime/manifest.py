@@ -10,7 +10,8 @@ format_version 2:
      "precisions": [...], "queue_lengths": [...],            (derived: complete sets only)
      "files": [GraphFile...], "end_to_end": [EndToEndCheck...], "failures": [ConversionFailure...]}
     EndToEndCheck = {"precision", "queue_len", "mean_iou", "max_prob_diff", "tie_fraction", "frames", "objects",
-                     "clip", "one_step_iou", "memory_precision" (null: the memory made by `precision`'s encoders)}
+                     "clip", "one_step_iou", "memory_precision" (null: the memory made by `precision`'s encoders),
+                     "one_step_band_flips"}
     GraphFile = {"path", "sha256", "bytes", "precision", "subgraph", "queue_len", "signature",
                  "inputs": [TensorSpec], "outputs": [TensorSpec], "ops": {...}, "parity": {...}}
     TensorSpec = {"name", "shape", "dtype", "meaning", "signature_output" (outputs only)}
@@ -178,6 +179,10 @@ class EndToEndCheck:
     one_step_iou: float | None = None
     # The precision of the encoders that made the memory (`InferenceSettings.memory_precision`); None: `precision`.
     memory_precision: str | None = None
+    # One step, the pixels labelled otherwise over the reference's unsure band (object probability 0.2-0.8), where
+    # nearly all of them lie: what rounding flips, apart from how sure the model is of the clip (an IoU also
+    # rises when the object grows onto pixels the model is sure of; docs/benchmarks.md). None in older manifests.
+    one_step_band_flips: float | None = None
 
     @property
     def engine(self) -> str:

@@ -357,6 +357,7 @@ def test_end_to_end_verification_is_recorded(manifest):
     # one step at a time (PyTorch's masks memorised), fp32 agrees; int8 is measured
     assert all(c.one_step_iou > 0.99 for c in manifest.end_to_end if c.precision == "fp32")
     assert all(0.0 <= c.one_step_iou <= 1.0 for c in manifest.end_to_end)
+    assert all(0.0 <= c.one_step_band_flips <= 1.0 for c in manifest.end_to_end)
     checks = {(c.precision, c.queue_len): c for c in manifest.end_to_end if c.clip == "synthetic"}
     for t in TINY_QUEUE_LENS:
         fp32 = checks[("fp32", t)]
@@ -397,6 +398,22 @@ def test_mask_agreement_ignores_only_ties():
     got[:, 1, 0] = [0.95, 0.05]  # flips a decisive object pixel: counted
     result = mask_agreement([ref], [got])
     assert result["mean_iou"] == pytest.approx(0.5) and result["tie_fraction"] == pytest.approx(0.25)
+
+
+def test_band_stats_count_flips_against_the_references_unsure_band():
+    """One object, four pixels: two the reference is sure of (0.95 object, 0.05), two unsure (0.6, 0.3). Flipping
+    one unsure and one sure pixel: half the flips inside the band, as many flips as the band has pixels."""
+    from mvos.export.verify import band_stats
+
+    obj = np.array([[0.95, 0.05], [0.6, 0.3]], np.float32)
+    ref = np.stack([1 - obj, obj])
+    got = ref.copy()
+    got[:, 1, 0] = [0.9, 0.1]  # unsure object pixel -> background
+    got[:, 0, 1] = [0.1, 0.9]  # sure background pixel -> object
+    stats = band_stats([ref], [got])
+    assert stats["object_pixels"] == 2 and stats["band_over_area"] == 1.0
+    assert stats["differ_over_area"] == 1.0 and stats["differ_in_band"] == 0.5 and stats["differ_over_band"] == 1.0
+    assert band_stats([ref], [ref])["differ_over_band"] == 0.0
 
 
 # ---------------------------------------------------------------------------------------- re-runs, errors
