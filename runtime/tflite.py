@@ -165,7 +165,7 @@ class MemoryEncoders:
     def __init__(self, runners: dict[str, SubgraphRunner], own: dict[str, GraphFile]):
         self.key_encoder, self.value_encoder = runners["key_encoder"], runners["value_encoder"]
         self.frame_quantisation = self.key_encoder.inputs["frame"][0].quantisation
-        grids = {graph: {spec.name: (spec.scale, spec.zero_point) for spec in entry.outputs if spec.dtype == "int8"}
+        grids = {graph: {spec.name: spec.quantisation for spec in entry.outputs if spec.quantisation}
                  for graph, entry in own.items()}
         self.key_grids, self.value_grid = grids["key_encoder"], grids["value_encoder"].get("value")
         self.buffers: dict[tuple, np.ndarray] = {}  # float scratch and int8 steps by (output, shape), made once
@@ -241,8 +241,8 @@ class TFLiteBackend:
         # A full-integer export's features and memory stay int8 from the graph that makes them to the one that
         # takes them (the engine only stores and hands them back): one int8 copy each instead of dequantising
         # 1.2 M values after the key encoder and quantising 1.5 M before the decoder every frame.
-        made = {(graph, spec.name): (spec.scale, spec.zero_point)
-                for graph, entry in entries.items() for spec in entry.outputs if spec.dtype == "int8"}
+        made = {(graph, spec.name): spec.quantisation
+                for graph, entry in entries.items() for spec in entry.outputs if spec.quantisation}
         self.memory_precision = memory_precision or precision
         runners = {}
         for graph, entry in entries.items():
