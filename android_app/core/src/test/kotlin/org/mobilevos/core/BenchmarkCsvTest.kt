@@ -11,6 +11,16 @@ import kotlin.test.assertEquals
  * MVOS_UPDATE_FIXTURES=1 to rewrite the fixture after a deliberate format change.
  */
 class BenchmarkCsvTest {
+    /** The recorder's CSV, which must be exactly the fixture `tests/data/<name>` the Python side reads. */
+    private fun writtenAsFixture(recorder: BenchmarkRecorder, measuredAt: String, name: String): File {
+        val out = File(Files.createTempDirectory("app").toFile(), "benchmark.csv")
+        recorder.write(out, measuredAt = measuredAt)
+        val fixture = File(System.getProperty("mvos.repo", "../.."), "tests/data/$name")
+        if (System.getenv("MVOS_UPDATE_FIXTURES") == "1") out.copyTo(fixture, overwrite = true)
+        assertEquals(fixture.readText(), out.readText())
+        return out
+    }
+
     @Test
     fun writesRowsMvosBenchReads() {
         val recorder = BenchmarkRecorder("R5CT12345", "SM-S901B", "mobilenetv2", "int8", "gpu", 2, 4, "1280x720")
@@ -20,11 +30,7 @@ class BenchmarkCsvTest {
             recorder.add(FrameResult(probs, ByteArray(1), millis), frameMillis = 35.0 + frame)
         }
         assertEquals(4, recorder.frames)
-        val out = File(Files.createTempDirectory("app").toFile(), "benchmark.csv")
-        recorder.write(out, measuredAt = "2026-12-02T10:00:00Z")
-        val fixture = File(System.getProperty("mvos.repo", "../.."), "tests/data/app_benchmark.csv")
-        if (System.getenv("MVOS_UPDATE_FIXTURES") == "1") out.copyTo(fixture, overwrite = true)
-        assertEquals(fixture.readText(), out.readText())
+        val out = writtenAsFixture(recorder, "2026-12-02T10:00:00Z", "app_benchmark.csv")
         val header = out.readLines().first().split(",")
         assertEquals(BenchmarkRecorder.COLUMNS, header)
         // the value encoder per call: two objects share 10..16 ms per frame
@@ -49,11 +55,7 @@ class BenchmarkCsvTest {
             }
             recorder.add(FrameResult(probs, ByteArray(1), millis), frameMillis = if (frame % 5 == 0) 110.0 else 33.0)
         }
-        val out = File(Files.createTempDirectory("app").toFile(), "benchmark.csv")
-        recorder.write(out, measuredAt = "2026-12-03T10:00:00Z")
-        val fixture = File(System.getProperty("mvos.repo", "../.."), "tests/data/app_benchmark_memory_precision.csv")
-        if (System.getenv("MVOS_UPDATE_FIXTURES") == "1") out.copyTo(fixture, overwrite = true)
-        assertEquals(fixture.readText(), out.readText())
+        val out = writtenAsFixture(recorder, "2026-12-03T10:00:00Z", "app_benchmark_memory_precision.csv")
         val header = out.readLines().first().split(",")
         val rows = out.readLines().drop(1).map { it.split(",") }.associateBy {
             it[header.indexOf("subgraph")] to it[header.indexOf("precision")]
