@@ -165,13 +165,13 @@ def frame_rows(model_dir: Path, label: str, manifest, queue_len: int, threads: i
     return rows
 
 
-REALTIME_MS = 1000.0 / 30.0
-
-
 def target_lines(rows: list[dict], queue_len: int) -> list[str]:
     """The issue's targets, from this run's whole frames: the fp32 frame against its floor (1.5x), every other
     engine against fp32 (0.5x) both as a memorised frame and as a clip's mean (which frame the target means is
     the owner's call), and each clip mean against real time (33 ms)."""
+    from mvos.device.plots import REALTIME_MS  # the line `mvos plot` draws
+    from mvos.runtime.settings import engine_label
+
     frames = {}
     for r in rows:
         if r["export"] == "now" and r["graph"].startswith(("frame (", "clip mean (")):
@@ -186,7 +186,7 @@ def target_lines(rows: list[dict], queue_len: int) -> list[str]:
         return []
     lines = [f"targets at T={queue_len}: fp32 frame / its floor {verdict(fp32['frame']['ratio'], 1.5)}"]
     for (precision, memory, kind), r in sorted(frames.items()):
-        engine = f"{precision}, {memory} memory" if memory else precision
+        engine = engine_label(precision, memory)
         if precision != "fp32" and fp32[kind] is not None:
             lines.append(f"  {engine:<18} {kind:<10} / fp32's: {verdict(r['ms'] / fp32[kind]['ms'], 0.5)}"
                          f"   (its floor / fp32's: {r['floor_ms'] / fp32[kind]['floor_ms']:.2f})")
@@ -240,6 +240,7 @@ def main() -> None:
 
     from mvos.runtime.io import write_csv
     from mvos.runtime.manifest import Manifest
+    from mvos.runtime.settings import engine_label
 
     manifest = Manifest.read(args.model_dir)
     rates = machine_rates(args.threads, args.runs)
@@ -254,8 +255,7 @@ def main() -> None:
     rows += frame_rows(args.model_dir, "now", manifest, args.queue_len, args.threads, now)
     print(f"{'export':<8}{'precision':<20}{'graph':<40}{'GMAC':>7}{'ms':>9}{'floor':>8}{'ratio':>7}")
     for r in rows:
-        memory = r.get("memory_precision")
-        engine = f"{r['precision']}, {memory} memory" if memory else r["precision"]
+        engine = engine_label(r["precision"], r.get("memory_precision"))
         print(f"{r['export']:<8}{engine:<20}{r['graph']:<40}{r['gmac']:>7.2f}{r['ms']:>9.1f}"
               f"{r['floor_ms']:>8.1f}{r['ratio']:>7.2f}")
     print("\n".join(target_lines(rows, args.queue_len)))

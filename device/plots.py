@@ -13,7 +13,7 @@ from mvos.device.results import APP_SOURCE, per_frame_latency, read_results
 from mvos.runtime.errors import MvosError
 from mvos.runtime.io import atomic_path
 from mvos.runtime.manifest import SUBGRAPHS
-from mvos.runtime.settings import DEFAULT
+from mvos.runtime.settings import DEFAULT, engine_label
 
 REALTIME_MS = 1000.0 / 30.0
 SUBGRAPH_LABELS = {"key_encoder": "key encoder", "value_encoder": "value encoder", "decoder": "decoder"}
@@ -22,8 +22,8 @@ SUBGRAPH_COLORS = {"key_encoder": "#4c72b0", "value_encoder": "#dd8452", "decode
 
 def _series_label(row) -> str:
     app = ", app" if row.get("source") == APP_SOURCE else ""
-    memory = f", {row['memory_precision']} memory" if row.get("memory_precision") else ""
-    return f"{row['variant']} ({row['precision']}{memory}, {str(row['delegate']).upper()}{app})"
+    engine = engine_label(row["precision"], row.get("memory_precision"))
+    return f"{row['variant']} ({engine}, {str(row['delegate']).upper()}{app})"
 
 
 def _device_title(frame: pd.DataFrame, device: str) -> str:

@@ -28,7 +28,7 @@ import numpy as np
 
 from mvos.runtime.errors import MvosError
 from mvos.runtime.memory import check_queue_len
-from mvos.runtime.settings import PRECISIONS
+from mvos.runtime.settings import PRECISIONS, engine_label
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "mobilevos-tflite"
@@ -186,7 +186,7 @@ class EndToEndCheck:
 
     @property
     def engine(self) -> str:
-        return self.precision if self.memory_precision is None else f"{self.precision}, {self.memory_precision} memory"
+        return engine_label(self.precision, self.memory_precision)
 
 
 @dataclass

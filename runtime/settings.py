@@ -79,6 +79,11 @@ def memory_engines(precisions: list[str]) -> list[tuple[str, str | None]]:
     return [(p, None) for p in precisions] + [(p, precisions[0]) for p in precisions[1:]]
 
 
+def engine_label(precision: str, memory_precision: str | None) -> str:
+    """How reports name an engine: its precision, and the memory's where another precision's encoders make it."""
+    return f"{precision}, {memory_precision} memory" if memory_precision else precision
+
+
 DEFAULT = InferenceSettings()
 # Exports take one fixed size: the default short side at 16:9, padded to the stride (480x864).
 DEFAULT_EXPORT_SIZE = f"{DEFAULT.size}x{math.ceil(DEFAULT.size * 16 / 9 / MIN_SIZE) * MIN_SIZE}"
