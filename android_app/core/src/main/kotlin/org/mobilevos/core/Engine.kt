@@ -163,11 +163,13 @@ class MemoryEncoders(manifest: Manifest, precision: String, keyEncoder: Subgraph
     companion object {
         /** The name [FrameResult.millis] gives this encoder's time when it ran as the memory's: it is a graph of
          * the memory precision, not the engine's own. */
-        fun timing(subgraph: String) = "memory_$subgraph"
+        fun timing(subgraph: String) = TIMING_PREFIX + subgraph
 
         /** The graph a [FrameResult.millis] name timed, and whether it ran as the memory's encoder. */
         fun timedGraph(name: String): Pair<String, Boolean> =
-            if (name.startsWith("memory_")) name.removePrefix("memory_") to true else name to false
+            if (name.startsWith(TIMING_PREFIX)) name.removePrefix(TIMING_PREFIX) to true else name to false
+
+        private const val TIMING_PREFIX = "memory_"
 
         private fun int8Outputs(manifest: Manifest, precision: String, subgraph: String): Map<String, TensorSpec> =
             manifest.entry(precision, subgraph)!!.outputs.filter { it.dtype == "int8" }.associateBy { it.name }
